@@ -1,0 +1,105 @@
+//! Samplers: from an initial state (usually a prior sample) to samples of the data
+//! distribution, driven by a score model.
+//!
+//! A [`Sampler`] reports every step to an [`Observer`] (progress bars, trajectories,
+//! divergence checks) instead of printing; [`check_finite`] turns a diverged state into
+//! [`Error::NonFinite`].
+
+use burn::tensor::Tensor;
+use rand::RngCore;
+
+use crate::error::{Error, Result};
+
+/// One step of a sampler, as reported to an [`Observer`].
+#[derive(Debug)]
+pub struct SampleStep<'a, const D: usize> {
+    /// The index of this step, from 0.
+    pub step: usize,
+    /// The total number of steps the sampler will take.
+    pub total: usize,
+    /// The time `t` of the state after this step.
+    pub t: f64,
+    /// The noise level `σ(t)` of the state after this step.
+    pub sigma: f64,
+    /// The state after this step.
+    pub x: &'a Tensor<D>,
+}
+
+/// Receives the steps of a sampler. Returning an error stops the sampler, which returns it.
+pub trait Observer<const D: usize> {
+    /// Called after every step.
+    fn on_step(&mut self, step: &SampleStep<'_, D>) -> Result<()>;
+}
+
+/// The observer that does nothing.
+impl<const D: usize> Observer<D> for () {
+    fn on_step(&mut self, _step: &SampleStep<'_, D>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Any `FnMut(&SampleStep) -> Result<()>` closure is an observer.
+impl<const D: usize, F> Observer<D> for F
+where
+    F: FnMut(&SampleStep<'_, D>) -> Result<()>,
+{
+    fn on_step(&mut self, step: &SampleStep<'_, D>) -> Result<()> {
+        self(step)
+    }
+}
+
+/// A sampler that draws samples from a model `M`, starting from `init` (shape `[B, ...]`).
+///
+/// Randomness is drawn from the `rng` the caller passes: the same seed gives the same samples
+/// on one backend.
+pub trait Sampler<M, const D: usize> {
+    /// Runs the sampler from `init`, reporting each step to `observer`.
+    fn sample(
+        &self,
+        model: &M,
+        init: Tensor<D>,
+        rng: &mut dyn RngCore,
+        observer: &mut dyn Observer<D>,
+    ) -> Result<Tensor<D>>;
+}
+
+/// Returns [`Error::NonFinite`] if `x` holds a NaN or an infinity. `context` names where,
+/// e.g. `"annealed Langevin step 17"`.
+pub fn check_finite<const D: usize>(x: &Tensor<D>, context: impl FnOnce() -> String) -> Result<()> {
+    let all_finite = x.clone().is_finite().all().into_scalar::<bool>();
+    if all_finite { Ok(()) } else { Err(Error::NonFinite { context: context() }) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+
+    #[test]
+    fn check_finite_reports_nan_and_infinity() {
+        let device = crate::device("flex").unwrap();
+        let ok = Tensor::<2>::from_floats([[1.0, -2.0], [0.0, 3.0]], &device);
+        assert!(check_finite(&ok, || "ok".into()).is_ok());
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let x =
+                Tensor::<2>::from_data(TensorData::new(vec![1.0, bad, 0.0, 3.0], [2, 2]), &device);
+            let err = check_finite(&x, || "step 3".into()).unwrap_err();
+            assert_eq!(err, Error::NonFinite { context: "step 3".into() });
+        }
+    }
+
+    #[test]
+    fn closures_are_observers_and_can_stop_a_sampler() {
+        let device = crate::device("flex").unwrap();
+        let x = Tensor::<1>::zeros([2], &device);
+        let mut seen = Vec::new();
+        let mut observer = |s: &SampleStep<'_, 1>| {
+            seen.push(s.step);
+            if s.step == 1 { Err(Error::NonFinite { context: "stop".into() }) } else { Ok(()) }
+        };
+        let step = |i| SampleStep { step: i, total: 3, t: 0.0, sigma: 0.0, x: &x };
+        assert!(Observer::on_step(&mut observer, &step(0)).is_ok());
+        assert!(Observer::on_step(&mut observer, &step(1)).is_err());
+        assert_eq!(seen, [0, 1]);
+    }
+}

@@ -1,0 +1,181 @@
+//! Score models: estimates of the score `s(x, t) ≈ ∇ₓ log pₜ(x)` of the perturbed data
+//! distribution, conditioned on the noise level.
+//!
+//! Every schedule perturbs data as `xₜ = m(t)·x₀ + σ(t)·z`, `z ~ N(0, I)`; a
+//! [`NoiseLevel`] carries `t`, `m(t)` and `σ(t)` for each element of a batch, so that a model
+//! can condition on whichever it prefers (NCSN conditions on σ, DDPM on the step index) and a
+//! parameterisation adapter can turn an ε- or x₀-prediction into a score without knowing the
+//! schedule.
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::error::{Error, Result};
+use crate::schedule::NoiseSchedule;
+
+/// The noise level of each element of a batch: time `t`, mean coefficient `m(t)` (called
+/// `scale`) and standard deviation `σ(t)` of the perturbation `xₜ = m·x₀ + σ·z`.
+///
+/// All three are rank-1 tensors of the batch length. They are computed on the host in f64
+/// from a [`NoiseSchedule`] and cast to the device's float type once.
+#[derive(Debug, Clone)]
+pub struct NoiseLevel {
+    /// The time `t` of each batch element (for discrete schedules, the step index).
+    pub t: Tensor<1>,
+    /// The mean coefficient `m(t)` (1 for variance-exploding schedules).
+    pub scale: Tensor<1>,
+    /// The standard deviation `σ(t)` of the added noise.
+    pub sigma: Tensor<1>,
+}
+
+impl NoiseLevel {
+    /// The noise levels of a schedule at the given times, one per batch element.
+    pub fn at_times<S: NoiseSchedule + ?Sized>(
+        schedule: &S,
+        times: &[f64],
+        device: &Device,
+    ) -> Self {
+        let n = times.len();
+        let mut scale = Vec::with_capacity(n);
+        let mut sigma = Vec::with_capacity(n);
+        for &t in times {
+            let m = schedule.marginal(t);
+            scale.push(m.scale);
+            sigma.push(m.std);
+        }
+        NoiseLevel {
+            t: vector(times, device),
+            scale: vector(&scale, device),
+            sigma: vector(&sigma, device),
+        }
+    }
+
+    /// The same noise level, at time `t`, for every element of a batch of `batch` samples.
+    pub fn constant<S: NoiseSchedule + ?Sized>(
+        schedule: &S,
+        t: f64,
+        batch: usize,
+        device: &Device,
+    ) -> Self {
+        Self::at_times(schedule, &vec![t; batch], device)
+    }
+
+    /// The batch length.
+    pub fn batch_size(&self) -> usize {
+        self.t.dims()[0]
+    }
+
+    /// Repeats every level `times` times along the batch (element `i` of the result has the
+    /// level of element `i / times`), for batches that were expanded the same way.
+    pub fn repeat_interleave(&self, times: usize) -> Self {
+        let rep = |x: &Tensor<1>| {
+            let n = x.dims()[0];
+            x.clone().reshape([n, 1]).repeat_dim(1, times).reshape([n * times])
+        };
+        NoiseLevel { t: rep(&self.t), scale: rep(&self.scale), sigma: rep(&self.sigma) }
+    }
+}
+
+/// Builds a rank-1 tensor from f64 values, cast once to the device's default float type.
+pub(crate) fn vector(values: &[f64], device: &Device) -> Tensor<1> {
+    let data: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+    Tensor::from_data(TensorData::new(data, [values.len()]), device)
+}
+
+/// A score model: an estimate of `∇ₓ log pₜ(x)` for a batch `x` of shape `[B, ...]`, at the
+/// noise level of each batch element.
+///
+/// Implement this for your own network; every objective and sampler in scorefield takes any
+/// `ScoreModel`.
+pub trait ScoreModel<const D: usize> {
+    /// Returns `s(x, level)`, the same shape as `x`.
+    fn score(&self, x: Tensor<D>, level: &NoiseLevel) -> Tensor<D>;
+
+    /// The shape of one sample (`x.dims()[1..]`) that this model accepts, if it is fixed.
+    /// Objectives and samplers check their input against it and return
+    /// [`Error::ShapeMismatch`] instead of letting the model panic. `None` (the default)
+    /// skips the check.
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        None
+    }
+}
+
+/// A score model that also gives exact forward-mode directional derivatives:
+/// `(s(x), J_s(x)·v)` where `J_s = ∂s/∂x` is the Jacobian with respect to the input.
+///
+/// Exact and sliced score matching need `tr(J_s)` and `vᵀ J_s v`, and the probability-flow
+/// likelihood needs the divergence `tr(J_s)`. Burn's autodiff is first-order only, so these
+/// come from forward-mode JVPs, which are ordinary tensor expressions and can themselves be
+/// differentiated with respect to the parameters by backprop.
+pub trait ScoreJvp<const D: usize>: ScoreModel<D> {
+    /// Returns `(s(x), J_s(x)·v)`; `v` has the shape of `x`.
+    fn score_jvp(&self, x: Tensor<D>, level: &NoiseLevel, v: Tensor<D>) -> (Tensor<D>, Tensor<D>);
+}
+
+/// Checks that `x` is a batch of samples of shape `expected` (if known) and that `level`
+/// holds one level per batch element.
+pub fn check_batch<const D: usize>(
+    context: &'static str,
+    x: &Tensor<D>,
+    expected: Option<&[usize]>,
+    level: &NoiseLevel,
+) -> Result<()> {
+    let dims = x.dims();
+    if let Some(expected) = expected
+        && dims[1..] != *expected
+    {
+        return Err(Error::ShapeMismatch {
+            context,
+            expected: format!("[batch, {}]", join(expected)),
+            got: format!("{dims:?}"),
+        });
+    }
+    let n = level.batch_size();
+    if n != dims[0] {
+        return Err(Error::ShapeMismatch {
+            context,
+            expected: format!("{} noise levels (one per batch element)", dims[0]),
+            got: format!("{n}"),
+        });
+    }
+    Ok(())
+}
+
+fn join(dims: &[usize]) -> String {
+    dims.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::VpSde;
+
+    #[test]
+    fn check_batch_rejects_wrong_sample_shape_and_level_count() {
+        let device = crate::device("flex").unwrap();
+        let vp = VpSde::new(0.1, 20.0).unwrap();
+        let x = Tensor::<2>::zeros([4, 3], &device);
+        let level = NoiseLevel::constant(&vp, 0.5, 4, &device);
+        assert!(check_batch("test", &x, Some(&[3]), &level).is_ok());
+        assert!(check_batch("test", &x, None, &level).is_ok());
+        let err = check_batch("test", &x, Some(&[2]), &level).unwrap_err();
+        assert!(matches!(err, Error::ShapeMismatch { context: "test", .. }), "{err}");
+        let short = NoiseLevel::constant(&vp, 0.5, 3, &device);
+        let err = check_batch("test", &x, Some(&[3]), &short).unwrap_err();
+        assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn noise_level_holds_the_schedule_marginal_and_repeats() {
+        let device = crate::device("flex").unwrap();
+        let vp = VpSde::new(0.1, 20.0).unwrap();
+        let level = NoiseLevel::at_times(&vp, &[0.5, 1.0], &device).repeat_interleave(2);
+        let sigma = level.sigma.try_into_vec_as::<f64>().unwrap();
+        let scale = level.scale.try_into_vec_as::<f64>().unwrap();
+        let t = level.t.try_into_vec_as::<f64>().unwrap();
+        assert_eq!(t, [0.5, 0.5, 1.0, 1.0]);
+        for (i, &ti) in t.iter().enumerate() {
+            let m = vp.marginal(ti);
+            assert!((sigma[i] - m.std).abs() < 1e-6 && (scale[i] - m.scale).abs() < 1e-6);
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! # scorefield-data
+//!
+//! Data for scorefield: toy two-dimensional data sets built from the analytic oracles (MNIST,
+//! image grids and sample-quality metrics arrive with the training issue).
+#![deny(missing_docs)]
+
+pub mod toy;

@@ -1,0 +1,42 @@
+//! # scorefield
+//!
+//! Score-based generative modelling on [Burn](https://burn.dev): score models, noise
+//! schedules, objectives and samplers that run unchanged on CPU and GPU; the device is chosen
+//! at run time.
+//!
+//! This crate re-exports the workspace members:
+//! - [`core`] (`scorefield-core`): the traits [`ScoreModel`], [`ScoreJvp`],
+//!   [`NoiseSchedule`], [`Objective`], [`Sampler`], every noise schedule, and the exact
+//!   analytic oracles.
+//! - [`nn`] (`scorefield-nn`): score networks.
+//! - [`data`] (`scorefield-data`): data sets and image output.
+//!
+//! ```
+//! use scorefield::analytic::Gaussian;
+//! use scorefield::schedule::VeSde;
+//! use scorefield::{NoiseLevel, ScoreModel};
+//!
+//! let device = scorefield::device("flex")?;
+//! let data = Gaussian::isotropic(&[1.0, -1.0], 0.5)?;
+//! let ve = VeSde::new(0.01, 50.0)?;
+//! let x = burn::tensor::Tensor::<2>::from_floats([[0.0, 0.0]], &device);
+//! let level = NoiseLevel::constant(&ve, 1.0, 1, &device);
+//! let s = data.score(x, &level); // (μ − x)/(s² + σ(t)² − σ(0)²)
+//! assert!(s.try_into_vec_as::<f32>().unwrap()[0] > 0.0);
+//! # Ok::<(), scorefield::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+/// The README's code, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
+pub use scorefield_core as core;
+pub use scorefield_core::{
+    BackendKind, Error, LossOutput, Marginal, NoiseLevel, NoiseSchedule, Objective, Observer,
+    Result, SampleStep, Sampler, ScoreJvp, ScoreModel, analytic, device, objective, random,
+    sampler, schedule, score,
+};
+pub use scorefield_data as data;
+pub use scorefield_nn as nn;
