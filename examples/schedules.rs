@@ -11,9 +11,7 @@
 
 use burn::tensor::Tensor;
 use clap::Parser;
-use scorefield::schedule::{
-    BetaSchedule, Ddpm, GeometricSigmas, Karras, SubVpSde, VeSde, VpSde,
-};
+use scorefield::schedule::{BetaSchedule, Ddpm, GeometricSigmas, Karras, SubVpSde, VeSde, VpSde};
 use scorefield::{NoiseLevel, NoiseSchedule, ScoreModel};
 
 /// Command-line options.

@@ -10,3 +10,4 @@ mod backends;
 mod common;
 mod device;
 mod schedules;
+mod stats;

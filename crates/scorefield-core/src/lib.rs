@@ -44,4 +44,7 @@ pub use error::{Error, Result};
 pub use objective::{LossOutput, Objective};
 pub use sampler::{Observer, SampleStep, Sampler};
 pub use schedule::{Marginal, NoiseSchedule};
-pub use score::{NoiseLevel, ScoreJvp, ScoreModel};
+pub use score::{
+    DenoiserJvp, DenoiserModel, EpsilonJvp, EpsilonModel, FromDenoiser, FromEpsilon, NoiseLevel,
+    ScoreJvp, ScoreModel, per_sample,
+};

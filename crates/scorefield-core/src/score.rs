@@ -111,6 +111,122 @@ pub trait ScoreJvp<const D: usize>: ScoreModel<D> {
     fn score_jvp(&self, x: Tensor<D>, level: &NoiseLevel, v: Tensor<D>) -> (Tensor<D>, Tensor<D>);
 }
 
+/// Blanket implementation: a reference to a score model is a score model.
+impl<const D: usize, M: ScoreModel<D> + ?Sized> ScoreModel<D> for &M {
+    fn score(&self, x: Tensor<D>, level: &NoiseLevel) -> Tensor<D> {
+        (**self).score(x, level)
+    }
+
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        (**self).sample_shape()
+    }
+}
+
+/// Blanket implementation: a reference to a [`ScoreJvp`] model is one.
+impl<const D: usize, M: ScoreJvp<D> + ?Sized> ScoreJvp<D> for &M {
+    fn score_jvp(&self, x: Tensor<D>, level: &NoiseLevel, v: Tensor<D>) -> (Tensor<D>, Tensor<D>) {
+        (**self).score_jvp(x, level, v)
+    }
+}
+
+/// A network that predicts the noise `ε` of `xₜ = m·x₀ + σ·ε` (DDPM's parameterisation).
+/// Wrap it in [`FromEpsilon`] to use it wherever a [`ScoreModel`] is expected.
+pub trait EpsilonModel<const D: usize> {
+    /// The predicted noise `ε̂(x, level)`, the same shape as `x`.
+    fn epsilon(&self, x: Tensor<D>, level: &NoiseLevel) -> Tensor<D>;
+
+    /// As [`ScoreModel::sample_shape`].
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        None
+    }
+}
+
+/// An [`EpsilonModel`] with an exact Jacobian-vector product `(ε̂, J_ε̂·v)`.
+pub trait EpsilonJvp<const D: usize>: EpsilonModel<D> {
+    /// Returns `(ε̂(x), ∂ε̂/∂x · v)`.
+    fn epsilon_jvp(&self, x: Tensor<D>, level: &NoiseLevel, v: Tensor<D>)
+    -> (Tensor<D>, Tensor<D>);
+}
+
+/// A network that predicts the clean data `x̂₀` from `xₜ` (a denoiser).
+/// Wrap it in [`FromDenoiser`] to use it wherever a [`ScoreModel`] is expected.
+pub trait DenoiserModel<const D: usize> {
+    /// The predicted clean data `x̂₀(x, level)`, the same shape as `x`.
+    fn denoise(&self, x: Tensor<D>, level: &NoiseLevel) -> Tensor<D>;
+
+    /// As [`ScoreModel::sample_shape`].
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        None
+    }
+}
+
+/// A [`DenoiserModel`] with an exact Jacobian-vector product `(x̂₀, J_x̂₀·v)`.
+pub trait DenoiserJvp<const D: usize>: DenoiserModel<D> {
+    /// Returns `(x̂₀(x), ∂x̂₀/∂x · v)`.
+    fn denoise_jvp(&self, x: Tensor<D>, level: &NoiseLevel, v: Tensor<D>)
+    -> (Tensor<D>, Tensor<D>);
+}
+
+/// The score of an ε-prediction network: `s = −ε̂/σ` (Tweedie, since
+/// `∇ log p(xₜ | x₀) = −ε/σ`).
+#[derive(Debug, Clone)]
+pub struct FromEpsilon<M>(pub M);
+
+impl<const D: usize, M: EpsilonModel<D>> ScoreModel<D> for FromEpsilon<M> {
+    fn score(&self, x: Tensor<D>, level: &NoiseLevel) -> Tensor<D> {
+        let sigma = per_sample::<D>(&level.sigma, &x);
+        self.0.epsilon(x, level).div(sigma).neg()
+    }
+
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        self.0.sample_shape()
+    }
+}
+
+impl<const D: usize, M: EpsilonJvp<D>> ScoreJvp<D> for FromEpsilon<M> {
+    fn score_jvp(&self, x: Tensor<D>, level: &NoiseLevel, v: Tensor<D>) -> (Tensor<D>, Tensor<D>) {
+        let sigma = per_sample::<D>(&level.sigma, &x);
+        let (eps, jvp) = self.0.epsilon_jvp(x, level, v);
+        (eps.div(sigma.clone()).neg(), jvp.div(sigma).neg())
+    }
+}
+
+/// The score of a denoiser: `s = (m·x̂₀ − x)/σ²` (Tweedie's formula
+/// `E[x₀ | xₜ] = (xₜ + σ²∇ log pₜ(xₜ))/m`).
+#[derive(Debug, Clone)]
+pub struct FromDenoiser<M>(pub M);
+
+impl<const D: usize, M: DenoiserModel<D>> ScoreModel<D> for FromDenoiser<M> {
+    fn score(&self, x: Tensor<D>, level: &NoiseLevel) -> Tensor<D> {
+        let scale = per_sample::<D>(&level.scale, &x);
+        let var = per_sample::<D>(&level.sigma, &x).square();
+        let x0 = self.0.denoise(x.clone(), level);
+        x0.mul(scale).sub(x).div(var)
+    }
+
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        self.0.sample_shape()
+    }
+}
+
+impl<const D: usize, M: DenoiserJvp<D>> ScoreJvp<D> for FromDenoiser<M> {
+    fn score_jvp(&self, x: Tensor<D>, level: &NoiseLevel, v: Tensor<D>) -> (Tensor<D>, Tensor<D>) {
+        let scale = per_sample::<D>(&level.scale, &x);
+        let var = per_sample::<D>(&level.sigma, &x).square();
+        let (x0, jvp) = self.0.denoise_jvp(x.clone(), level, v.clone());
+        let score = x0.mul(scale.clone()).sub(x).div(var.clone());
+        (score, jvp.mul(scale).sub(v).div(var))
+    }
+}
+
+/// Reshapes a per-sample quantity `[B]` to `[B, 1, …, 1]` (rank `D`) so it broadcasts against
+/// a batch like `like`, in `like`'s dtype.
+pub fn per_sample<const D: usize>(values: &Tensor<1>, like: &Tensor<D>) -> Tensor<D> {
+    let mut shape = [1usize; D];
+    shape[0] = values.dims()[0];
+    values.clone().cast(like.dtype()).reshape(shape)
+}
+
 /// Checks that `x` is a batch of samples of shape `expected` (if known) and that `level`
 /// holds one level per batch element.
 pub fn check_batch<const D: usize>(
