@@ -89,8 +89,7 @@ impl Gaussian {
     /// The exact log-density of the clean distribution, per batch element of `x` (`[B, ...]`,
     /// `d` elements per sample).
     pub fn log_prob<const D: usize>(&self, x: Tensor<D>) -> Tensor<1> {
-        let b = x.dims()[0];
-        let level = unit_level(b, &x);
+        let level = NoiseLevel::clean(x.dims()[0], &x.device());
         self.log_prob_at(x, &level)
     }
 
@@ -255,8 +254,7 @@ impl GaussianMixture {
 
     /// The exact log-density of the clean mixture per batch element of `x` (`[B, ...]`).
     pub fn log_prob<const D: usize>(&self, x: Tensor<D>) -> Tensor<1> {
-        let b = x.dims()[0];
-        let level = unit_level(b, &x);
+        let level = NoiseLevel::clean(x.dims()[0], &x.device());
         self.log_prob_at(x, &level)
     }
 
@@ -347,14 +345,4 @@ fn level_columns(level: &NoiseLevel, like: &Tensor<2>) -> (Tensor<2>, Tensor<2>)
     let b = like.dims()[0];
     let col = |t: &Tensor<1>| t.clone().cast(like.dtype()).reshape([b, 1]);
     (col(&level.scale), col(&level.sigma))
-}
-
-/// The clean level (`t = 0`, `m = 1`, `σ = 0`) for a batch of `b`, in the dtype of `like`.
-fn unit_level<const D: usize>(b: usize, like: &Tensor<D>) -> NoiseLevel {
-    let opts = (&like.device(), like.dtype());
-    NoiseLevel {
-        t: Tensor::zeros([b], opts),
-        scale: Tensor::ones([b], opts),
-        sigma: Tensor::zeros([b], opts),
-    }
 }

@@ -33,6 +33,8 @@
 pub mod analytic;
 pub mod device;
 pub mod error;
+pub mod jvp;
+pub mod likelihood;
 pub mod objective;
 pub mod random;
 pub mod sampler;

@@ -59,6 +59,16 @@ impl NoiseLevel {
         Self::at_times(schedule, &vec![t; batch], device)
     }
 
+    /// The clean level `t = 0`, `m = 1`, `σ = 0` for a batch of `batch` samples: what exact
+    /// and sliced score matching evaluate a model at when it models the data itself.
+    pub fn clean(batch: usize, device: &Device) -> Self {
+        NoiseLevel {
+            t: Tensor::zeros([batch], device),
+            scale: Tensor::ones([batch], device),
+            sigma: Tensor::zeros([batch], device),
+        }
+    }
+
     /// The batch length.
     pub fn batch_size(&self) -> usize {
         self.t.dims()[0]

@@ -4,6 +4,11 @@
 //! first-order backprop minimises, plus the per-sample losses and the noise level each was
 //! evaluated at, so that callers can report the loss per noise level.
 
+pub mod denoising;
+pub mod elbo;
+pub mod exact;
+pub mod sliced;
+
 use burn::tensor::Tensor;
 use rand::RngCore;
 

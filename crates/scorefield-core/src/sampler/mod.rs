@@ -5,6 +5,12 @@
 //! divergence checks) instead of printing; [`check_finite`] turns a diverged state into
 //! [`Error::NonFinite`].
 
+pub mod annealed;
+pub mod ddpm;
+pub mod langevin;
+pub mod ode;
+pub mod reverse_sde;
+
 use burn::tensor::Tensor;
 use rand::RngCore;
 
