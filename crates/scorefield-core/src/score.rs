@@ -74,6 +74,16 @@ impl NoiseLevel {
         self.t.dims()[0]
     }
 
+    /// Tiles the batch `times` times (element `k·B + b` of the result has the level of element
+    /// `b`), matching `x.repeat_dim(0, times)`.
+    pub fn tile(&self, times: usize) -> Self {
+        NoiseLevel {
+            t: self.t.clone().repeat_dim(0, times),
+            scale: self.scale.clone().repeat_dim(0, times),
+            sigma: self.sigma.clone().repeat_dim(0, times),
+        }
+    }
+
     /// Repeats every level `times` times along the batch (element `i` of the result has the
     /// level of element `i / times`), for batches that were expanded the same way.
     pub fn repeat_interleave(&self, times: usize) -> Self {
@@ -119,6 +129,27 @@ pub trait ScoreModel<const D: usize> {
 pub trait ScoreJvp<const D: usize>: ScoreModel<D> {
     /// Returns `(s(x), J_s(x)·v)`; `v` has the shape of `x`.
     fn score_jvp(&self, x: Tensor<D>, level: &NoiseLevel, v: Tensor<D>) -> (Tensor<D>, Tensor<D>);
+
+    /// `K` JVPs per sample at once: `v` has batch `K·B`, row `k·B + b` being the `k`-th
+    /// direction for sample `b`; returns `(s(x)` with batch `B`, `J_s(x)·v` with batch `K·B)`.
+    ///
+    /// The default tiles `x` and `level` `K` times and calls [`score_jvp`](Self::score_jvp)
+    /// once; networks built from dual layers override it to run the value path on the `B`
+    /// samples only.
+    fn score_jvp_many(
+        &self,
+        x: Tensor<D>,
+        level: &NoiseLevel,
+        v: Tensor<D>,
+    ) -> (Tensor<D>, Tensor<D>) {
+        let b = x.dims()[0];
+        let k = v.dims()[0] / b.max(1);
+        if k == 1 {
+            return self.score_jvp(x, level, v);
+        }
+        let (s, jvp) = self.score_jvp(x.repeat_dim(0, k), &level.tile(k), v);
+        (s.narrow(0, 0, b), jvp)
+    }
 }
 
 /// Blanket implementation: a reference to a score model is a score model.
@@ -136,6 +167,15 @@ impl<const D: usize, M: ScoreModel<D> + ?Sized> ScoreModel<D> for &M {
 impl<const D: usize, M: ScoreJvp<D> + ?Sized> ScoreJvp<D> for &M {
     fn score_jvp(&self, x: Tensor<D>, level: &NoiseLevel, v: Tensor<D>) -> (Tensor<D>, Tensor<D>) {
         (**self).score_jvp(x, level, v)
+    }
+
+    fn score_jvp_many(
+        &self,
+        x: Tensor<D>,
+        level: &NoiseLevel,
+        v: Tensor<D>,
+    ) -> (Tensor<D>, Tensor<D>) {
+        (**self).score_jvp_many(x, level, v)
     }
 }
 

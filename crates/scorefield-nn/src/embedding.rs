@@ -44,7 +44,7 @@ mod tests {
 
     #[test]
     fn matches_closed_form() {
-        let device = scorefield_core::device("flex").unwrap();
+        let device = crate::testing::device();
         let values = [0.0f64, -2.3, 1.7];
         let c = Tensor::<1>::from_data(TensorData::new(values.to_vec(), [3]), &device);
         let got = sinusoidal_embedding(c, 8, 100.0).unwrap().try_into_vec_as::<f32>().unwrap();

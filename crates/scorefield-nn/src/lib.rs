@@ -1,8 +1,22 @@
 //! # scorefield-nn
 //!
-//! Score networks for scorefield. The time-conditioned MLP and the NCSN-style U-Net, with
-//! their exact forward-mode Jacobian-vector products, arrive with the objectives; this crate
-//! currently holds the noise-level embedding they share.
+//! Score networks for scorefield, built from layers that propagate a tangent beside their
+//! value ([`dual`], [`layers`]): forward-mode Jacobian-vector products that are exact and
+//! differentiable by Burn's first-order autodiff, so exact and sliced score matching train
+//! these networks without second-order autodiff.
+//!
+//! - [`mlp::ScoreMlp`]: a time-conditioned MLP score network with exact `ScoreJvp`.
+//! - [`embedding`]: the sinusoidal noise-level embedding.
 #![deny(missing_docs)]
 
+pub mod dual;
 pub mod embedding;
+pub mod layers;
+pub mod mlp;
+
+pub use dual::Dual;
+pub use layers::DualForward;
+pub use mlp::{Activation, Conditioning, ScoreMlp, ScoreMlpConfig};
+
+#[cfg(test)]
+mod testing;

@@ -1,0 +1,309 @@
+//! A time-conditioned MLP score network with an exact forward-mode JVP.
+//!
+//! ```text
+//! e      = SiLU(W_e · sinusoidal(c, E) + b_e)          c = ln σ, t, or nothing
+//! h₀     = W₀ x + b₀ + P₀ e
+//! hᵢ     = Wᵢ a(hᵢ₋₁) + bᵢ + Pᵢ e                      i = 1 … L−1
+//! s(x,c) = (W_out a(h_{L−1}) + b_out) · (1/σ if scale_by_sigma)
+//! ```
+//! with `a` a smooth activation (SiLU by default: exact and sliced score matching differentiate
+//! `∂s/∂x` again, which a piecewise-linear activation would make zero almost everywhere). The
+//! noise embedding does not depend on `x`, so it adds nothing to the tangent; the JVP runs the
+//! same layers on [`Dual`] numbers.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::activation::{silu, softplus};
+use burn::tensor::{Device, Tensor};
+use scorefield_core::{NoiseLevel, ScoreJvp, ScoreModel};
+
+use crate::dual::Dual;
+use crate::embedding::sinusoidal_embedding;
+use crate::layers::DualForward;
+
+/// The hidden activation of [`ScoreMlp`].
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `x·σ(x)`.
+    Silu,
+    /// `x` for `x > 0`, `eˣ − 1` otherwise.
+    Elu,
+    /// `ln(1 + eˣ)`.
+    Softplus,
+    /// `tanh x`.
+    Tanh,
+}
+
+impl Activation {
+    fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Activation::Silu => silu(x),
+            Activation::Elu => {
+                let positive = x.clone().greater_elem(0.0);
+                x.clone().exp().sub_scalar(1.0).mask_where(positive, x)
+            }
+            Activation::Softplus => softplus(x, 1.0),
+            Activation::Tanh => x.tanh(),
+        }
+    }
+
+    fn apply_dual<const D: usize>(self, x: Dual<D>) -> Dual<D> {
+        match self {
+            Activation::Silu => x.silu(),
+            Activation::Elu => x.elu(),
+            Activation::Softplus => x.softplus(),
+            Activation::Tanh => x.tanh(),
+        }
+    }
+}
+
+/// What the network is conditioned on.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum Conditioning {
+    /// Nothing: a score model of one distribution (exact and sliced score matching on data).
+    None,
+    /// `ln σ` (NCSN); σ is clamped below at 1e-12.
+    LogSigma,
+    /// The time `t` (score SDE, DDPM step index).
+    Time,
+}
+
+/// Builds a [`ScoreMlp`]; its fields are the network's hyper-parameters, saved with it.
+#[derive(Config, Debug)]
+pub struct ScoreMlpConfig {
+    /// The data dimension `d` (input and output width).
+    pub dim: usize,
+    /// The hidden width.
+    #[config(default = 128)]
+    pub hidden: usize,
+    /// The number of hidden layers `L ≥ 1`.
+    #[config(default = 3)]
+    pub layers: usize,
+    /// The number of sinusoidal features of the conditioning variable.
+    #[config(default = 32)]
+    pub embedding: usize,
+    /// The hidden activation.
+    #[config(default = "Activation::Silu")]
+    pub activation: Activation,
+    /// What the network is conditioned on.
+    #[config(default = "Conditioning::LogSigma")]
+    pub conditioning: Conditioning,
+    /// Divide the output by σ (NCSN's parameterisation, so the network predicts `−z`).
+    #[config(default = false)]
+    pub scale_by_sigma: bool,
+}
+
+impl ScoreMlpConfig {
+    /// Initialises the network's parameters on `device`.
+    ///
+    /// # Panics
+    /// If `dim`, `hidden` or `layers` is zero, or `embedding` is odd or zero while the network
+    /// is conditioned (configuration errors, found on first use).
+    pub fn init(&self, device: &Device) -> ScoreMlp {
+        assert!(
+            self.dim > 0 && self.hidden > 0 && self.layers > 0,
+            "ScoreMlpConfig: empty network"
+        );
+        let conditioned = self.conditioning != Conditioning::None;
+        assert!(
+            !conditioned || (self.embedding > 0 && self.embedding.is_multiple_of(2)),
+            "ScoreMlpConfig: embedding must be even"
+        );
+        let h = self.hidden;
+        let input = LinearConfig::new(self.dim, h).init(device);
+        let hidden = (1..self.layers).map(|_| LinearConfig::new(h, h).init(device)).collect();
+        let output = LinearConfig::new(h, self.dim).init(device);
+        let (embed, projections) = if conditioned {
+            let embed = LinearConfig::new(self.embedding, h).init(device);
+            let proj = (0..self.layers)
+                .map(|_| LinearConfig::new(h, h).with_bias(false).init(device))
+                .collect();
+            (Some(embed), proj)
+        } else {
+            (None, Vec::new())
+        };
+        ScoreMlp {
+            input,
+            hidden,
+            output,
+            embed,
+            projections,
+            activation: self.activation,
+            conditioning: self.conditioning,
+            scale_by_sigma: self.scale_by_sigma,
+            embedding: self.embedding,
+        }
+    }
+}
+
+/// A time-conditioned MLP score network (see the [module docs](self)); `ScoreModel<2>` and
+/// exact `ScoreJvp<2>` on batches `[B, d]`.
+#[derive(Module, Debug)]
+pub struct ScoreMlp {
+    input: Linear,
+    hidden: Vec<Linear>,
+    output: Linear,
+    embed: Option<Linear>,
+    projections: Vec<Linear>,
+    #[module(skip)]
+    activation: Activation,
+    #[module(skip)]
+    conditioning: Conditioning,
+    #[module(skip)]
+    scale_by_sigma: bool,
+    #[module(skip)]
+    embedding: usize,
+}
+
+impl ScoreMlp {
+    /// The data dimension `d`.
+    pub fn dim(&self) -> usize {
+        self.input.weight.dims()[0]
+    }
+
+    /// The per-layer embedding terms `Pᵢ e`, each `[B, H]` (empty when unconditioned).
+    fn embedding_terms(&self, level: &NoiseLevel) -> Vec<Tensor<2>> {
+        let Some(embed) = &self.embed else { return Vec::new() };
+        let c = match self.conditioning {
+            Conditioning::LogSigma => level.sigma.clone().clamp_min(1e-12).log(),
+            Conditioning::Time | Conditioning::None => level.t.clone(),
+        };
+        let features = sinusoidal_embedding(c, self.embedding, 10_000.0)
+            .expect("embedding size validated at init");
+        let e = silu(embed.forward(features));
+        self.projections.iter().map(|p| p.forward(e.clone())).collect()
+    }
+
+    fn output_scale(&self, level: &NoiseLevel) -> Option<Tensor<2>> {
+        self.scale_by_sigma.then(|| {
+            let b = level.sigma.dims()[0];
+            level.sigma.clone().reshape([b, 1]).recip()
+        })
+    }
+
+    /// The score and the JVPs for `K` tangents per sample (`v` of batch `K·B`).
+    pub fn forward_dual(&self, x: Tensor<2>, level: &NoiseLevel, v: Tensor<2>) -> Dual<2> {
+        let terms = self.embedding_terms(level);
+        let mut h = self.input.forward_dual(Dual::new(x, v));
+        if let Some(p) = terms.first() {
+            h = h.add_constant(p.clone());
+        }
+        for (i, layer) in self.hidden.iter().enumerate() {
+            h = layer.forward_dual(self.activation.apply_dual(h));
+            if let Some(p) = terms.get(i + 1) {
+                h = h.add_constant(p.clone());
+            }
+        }
+        let out = self.output.forward_dual(self.activation.apply_dual(h));
+        match self.output_scale(level) {
+            Some(scale) => out.mul_constant(scale),
+            None => out,
+        }
+    }
+}
+
+impl ScoreModel<2> for ScoreMlp {
+    fn score(&self, x: Tensor<2>, level: &NoiseLevel) -> Tensor<2> {
+        let terms = self.embedding_terms(level);
+        let mut h = self.input.forward(x);
+        if let Some(p) = terms.first() {
+            h = h.add(p.clone());
+        }
+        for (i, layer) in self.hidden.iter().enumerate() {
+            h = layer.forward(self.activation.apply(h));
+            if let Some(p) = terms.get(i + 1) {
+                h = h.add(p.clone());
+            }
+        }
+        let out = self.output.forward(self.activation.apply(h));
+        match self.output_scale(level) {
+            Some(scale) => out.mul(scale),
+            None => out,
+        }
+    }
+
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        Some(vec![self.dim()])
+    }
+}
+
+impl ScoreJvp<2> for ScoreMlp {
+    fn score_jvp(&self, x: Tensor<2>, level: &NoiseLevel, v: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+        let d = self.forward_dual(x, level, v);
+        (d.value, d.tangent)
+    }
+
+    fn score_jvp_many(
+        &self,
+        x: Tensor<2>,
+        level: &NoiseLevel,
+        v: Tensor<2>,
+    ) -> (Tensor<2>, Tensor<2>) {
+        self.score_jvp(x, level, v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_jvp, device, normal};
+    use burn::tensor::TensorData;
+
+    fn level(b: usize) -> NoiseLevel {
+        let sigma: Vec<f64> = (0..b).map(|i| 0.05 + 0.3 * i as f64).collect();
+        let t = Tensor::from_data(TensorData::new(sigma.clone(), [b]), &device());
+        NoiseLevel { t: t.clone(), scale: t.ones_like(), sigma: t }
+    }
+
+    #[test]
+    fn mlp_jvp_matches_finite_differences_for_every_activation_and_conditioning() {
+        for activation in
+            [Activation::Silu, Activation::Elu, Activation::Softplus, Activation::Tanh]
+        {
+            for (conditioning, scale) in [
+                (Conditioning::None, false),
+                (Conditioning::LogSigma, true),
+                (Conditioning::Time, false),
+            ] {
+                let mlp = ScoreMlpConfig::new(3)
+                    .with_hidden(16)
+                    .with_layers(3)
+                    .with_activation(activation)
+                    .with_conditioning(conditioning)
+                    .with_scale_by_sigma(scale)
+                    .init(&device());
+                let (x, v) = (normal([5, 3], 1), normal([5, 3], 2));
+                let level = level(5);
+                let (s, jvp) = mlp.score_jvp(x.clone(), &level, v.clone());
+                let plain = mlp.score(x.clone(), &level);
+                let diff = s.sub(plain).abs().max().into_scalar::<f64>();
+                assert!(diff < 1e-12, "dual value differs from the plain forward by {diff}");
+                assert_jvp(|x| mlp.score(x, &level), x, v, jvp);
+            }
+        }
+    }
+
+    #[test]
+    fn score_jvp_many_equals_the_tiled_default() {
+        let mlp = ScoreMlpConfig::new(4).with_hidden(8).init(&device());
+        let (b, k) = (3, 4);
+        let x = normal([b, 4], 3);
+        let v = normal([k * b, 4], 4);
+        let level = level(b);
+        let (s, many) = mlp.score_jvp_many(x.clone(), &level, v.clone());
+        let (s_tiled, tiled) = mlp.score_jvp(x.repeat_dim(0, k), &level.tile(k), v);
+        assert!(s.sub(s_tiled.narrow(0, 0, b)).abs().max().into_scalar::<f64>() < 1e-12);
+        assert!(many.sub(tiled).abs().max().into_scalar::<f64>() < 1e-12);
+    }
+
+    #[test]
+    fn config_round_trips_and_sets_the_shape() {
+        let config = ScoreMlpConfig::new(2).with_hidden(32).with_conditioning(Conditioning::Time);
+        let json = format!("{config}").replace([' ', '\n'], "");
+        assert!(json.contains("\"hidden\":32"), "{json}");
+        let mlp = config.init(&device());
+        assert_eq!(mlp.sample_shape(), Some(vec![2]));
+        assert_eq!(mlp.score(normal([7, 2], 5), &level(7)).dims(), [7, 2]);
+    }
+}
