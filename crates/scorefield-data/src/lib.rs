@@ -4,4 +4,6 @@
 //! image grids and sample-quality metrics arrive with the training issue).
 #![deny(missing_docs)]
 
+pub mod idx;
+pub mod mnist;
 pub mod toy;
