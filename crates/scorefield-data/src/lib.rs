@@ -5,5 +5,6 @@
 #![deny(missing_docs)]
 
 pub mod idx;
+pub mod image;
 pub mod mnist;
 pub mod toy;
