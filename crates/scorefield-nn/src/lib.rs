@@ -6,6 +6,7 @@
 //! these networks without second-order autodiff.
 //!
 //! - [`mlp::ScoreMlp`]: a time-conditioned MLP score network with exact `ScoreJvp`.
+//! - [`unet::NcsnUnet`]: the NCSN-style U-Net for 28×28 images, exact `ScoreJvp`.
 //! - [`embedding`]: the sinusoidal noise-level embedding.
 #![deny(missing_docs)]
 
@@ -13,10 +14,12 @@ pub mod dual;
 pub mod embedding;
 pub mod layers;
 pub mod mlp;
+pub mod unet;
 
 pub use dual::Dual;
 pub use layers::DualForward;
 pub use mlp::{Activation, Conditioning, ScoreMlp, ScoreMlpConfig};
+pub use unet::{NcsnUnet, NcsnUnetConfig};
 
 #[cfg(test)]
 mod testing;

@@ -1,0 +1,271 @@
+//! The NCSN-style U-Net score network for 28×28 images, with an exact forward-mode JVP.
+//!
+//! Reference configuration (width `w = 32`, multipliers `[1, 2, 4]`, 8 groups, 64 sinusoidal
+//! features; 789,153 parameters):
+//! ```text
+//! e = Linear(128→128)(SiLU(Linear(64→128)(sinusoidal(ln σ, 64))))
+//! h₁ = ResBlock(w)(conv3×3(x → w))                                  28²
+//! h₂ = ResBlock(2w)(conv3×3/2(h₁ → 2w))                             14²
+//! h₃ = ResBlock(4w)(conv3×3/2(h₂ → 4w))                              7²
+//! u₂ = ResBlock(4w → 2w)(cat(conv3×3(up₂(h₃) → 2w), h₂))            14²
+//! u₁ = ResBlock(2w → w)(cat(conv3×3(up₂(u₂) → w), h₁))              28²
+//! s  = conv3×3(SiLU(GroupNorm(u₁)) → 1) / σ
+//! ResBlock(cin → cout)(h) = skip(h) + conv3×3(SiLU(GN(conv3×3(SiLU(GN(h))) + Linear(e))))
+//! ```
+//! where `skip` is a 1×1 convolution when `cin ≠ cout` and the identity otherwise. Every
+//! layer has a [`DualForward`] pass, so [`ScoreJvp`] is exact.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::silu;
+use burn::tensor::{Device, Tensor};
+use scorefield_core::{NoiseLevel, ScoreJvp, ScoreModel};
+
+use crate::dual::{Dual, upsample_nearest};
+use crate::embedding::sinusoidal_embedding;
+use crate::layers::DualForward;
+
+/// Builds an [`NcsnUnet`]; the fields are its hyper-parameters, saved with it.
+#[derive(Config, Debug)]
+pub struct NcsnUnetConfig {
+    /// Image channels (1 for MNIST).
+    #[config(default = 1)]
+    pub channels: usize,
+    /// The base width `w`.
+    #[config(default = 32)]
+    pub width: usize,
+    /// Width multipliers of the three resolutions (28², 14², 7²).
+    #[config(default = "[1, 2, 4]")]
+    pub multipliers: [usize; 3],
+    /// GroupNorm groups (must divide every width).
+    #[config(default = 8)]
+    pub groups: usize,
+    /// Sinusoidal features of `ln σ`.
+    #[config(default = 64)]
+    pub embedding: usize,
+    /// Width of the noise embedding MLP.
+    #[config(default = 128)]
+    pub embedding_hidden: usize,
+}
+
+fn conv3(cin: usize, cout: usize, stride: usize, device: &Device) -> Conv2d {
+    Conv2dConfig::new([cin, cout], [3, 3])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .init(device)
+}
+
+impl NcsnUnetConfig {
+    /// Initialises the network on `device`.
+    ///
+    /// # Panics
+    /// If `groups` does not divide every width or `embedding` is odd (configuration errors).
+    pub fn init(&self, device: &Device) -> NcsnUnet {
+        let [w1, w2, w3] = self.multipliers.map(|m| m * self.width);
+        for w in [w1, w2, w3] {
+            assert!(
+                w % self.groups == 0,
+                "NcsnUnetConfig: {} groups do not divide width {w}",
+                self.groups
+            );
+        }
+        assert!(self.embedding.is_multiple_of(2), "NcsnUnetConfig: embedding must be even");
+        let e = self.embedding_hidden;
+        let block = |cin, cout| ResBlock::new(cin, cout, e, self.groups, device);
+        NcsnUnet {
+            embed_in: LinearConfig::new(self.embedding, e).init(device),
+            embed_out: LinearConfig::new(e, e).init(device),
+            conv_in: conv3(self.channels, w1, 1, device),
+            res1: block(w1, w1),
+            down1: conv3(w1, w2, 2, device),
+            res2: block(w2, w2),
+            down2: conv3(w2, w3, 2, device),
+            res3: block(w3, w3),
+            up1: conv3(w3, w2, 1, device),
+            res_up1: block(2 * w2, w2),
+            up2: conv3(w2, w1, 1, device),
+            res_up2: block(2 * w1, w1),
+            norm_out: GroupNormConfig::new(self.groups, w1).init(device),
+            conv_out: conv3(w1, self.channels, 1, device),
+            embedding: self.embedding,
+            channels: self.channels,
+        }
+    }
+}
+
+/// A residual block conditioned on the noise embedding (see the [module docs](self)).
+#[derive(Module, Debug)]
+pub struct ResBlock {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    embed: Linear,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    skip: Option<Conv2d>,
+}
+
+impl ResBlock {
+    fn new(cin: usize, cout: usize, embedding: usize, groups: usize, device: &Device) -> Self {
+        ResBlock {
+            norm1: GroupNormConfig::new(groups, cin).init(device),
+            conv1: conv3(cin, cout, 1, device),
+            embed: LinearConfig::new(embedding, cout).init(device),
+            norm2: GroupNormConfig::new(groups, cout).init(device),
+            conv2: conv3(cout, cout, 1, device),
+            skip: (cin != cout).then(|| Conv2dConfig::new([cin, cout], [1, 1]).init(device)),
+        }
+    }
+
+    /// The per-channel bias `[B, cout, 1, 1]` from the embedding `e` (`[B, E]`).
+    fn bias(&self, e: &Tensor<2>) -> Tensor<4> {
+        let b = self.embed.forward(e.clone());
+        let [n, c] = b.dims();
+        b.reshape([n, c, 1, 1])
+    }
+
+    fn forward(&self, x: Tensor<4>, e: &Tensor<2>) -> Tensor<4> {
+        let h = self.conv1.forward(silu(self.norm1.forward(x.clone()))).add(self.bias(e));
+        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let skip = match &self.skip {
+            Some(conv) => conv.forward(x),
+            None => x,
+        };
+        h.add(skip)
+    }
+
+    fn forward_dual(&self, x: Dual<4>, e: &Tensor<2>) -> Dual<4> {
+        let h = self
+            .conv1
+            .forward_dual(self.norm1.forward_dual(x.clone()).silu())
+            .add_constant(self.bias(e));
+        let h = self.conv2.forward_dual(self.norm2.forward_dual(h).silu());
+        let skip = match &self.skip {
+            Some(conv) => conv.forward_dual(x),
+            None => x,
+        };
+        h + skip
+    }
+}
+
+/// The NCSN U-Net score network (see the [module docs](self)): `ScoreModel<4>` and exact
+/// `ScoreJvp<4>` on NCHW batches `[B, channels, 28, 28]`, conditioned on `ln σ`.
+#[derive(Module, Debug)]
+pub struct NcsnUnet {
+    embed_in: Linear,
+    embed_out: Linear,
+    conv_in: Conv2d,
+    res1: ResBlock,
+    down1: Conv2d,
+    res2: ResBlock,
+    down2: Conv2d,
+    res3: ResBlock,
+    up1: Conv2d,
+    res_up1: ResBlock,
+    up2: Conv2d,
+    res_up2: ResBlock,
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+    #[module(skip)]
+    embedding: usize,
+    #[module(skip)]
+    channels: usize,
+}
+
+impl NcsnUnet {
+    /// The noise embedding `e(σ)`, `[B, embedding_hidden]`.
+    fn embed(&self, level: &NoiseLevel) -> Tensor<2> {
+        let c = level.sigma.clone().clamp_min(1e-12).log();
+        let features =
+            sinusoidal_embedding(c, self.embedding, 10_000.0).expect("validated at init");
+        self.embed_out.forward(silu(self.embed_in.forward(features)))
+    }
+
+    /// `1/σ` as `[B, 1, 1, 1]`.
+    fn inv_sigma(level: &NoiseLevel) -> Tensor<4> {
+        let b = level.sigma.dims()[0];
+        level.sigma.clone().reshape([b, 1, 1, 1]).recip()
+    }
+
+    /// The score and its JVPs for `K` tangents per sample (`v` of batch `K·B`).
+    pub fn forward_dual(&self, x: Tensor<4>, level: &NoiseLevel, v: Tensor<4>) -> Dual<4> {
+        let e = self.embed(level);
+        let h1 = self.res1.forward_dual(self.conv_in.forward_dual(Dual::new(x, v)), &e);
+        let h2 = self.res2.forward_dual(self.down1.forward_dual(h1.clone()), &e);
+        let h3 = self.res3.forward_dual(self.down2.forward_dual(h2.clone()), &e);
+        let u = self.up1.forward_dual(h3.upsample_nearest(2));
+        let u = self.res_up1.forward_dual(Dual::cat(vec![u, h2], 1), &e);
+        let u = self.up2.forward_dual(u.upsample_nearest(2));
+        let u = self.res_up2.forward_dual(Dual::cat(vec![u, h1], 1), &e);
+        let out = self.conv_out.forward_dual(self.norm_out.forward_dual(u).silu());
+        out.mul_constant(Self::inv_sigma(level))
+    }
+}
+
+impl ScoreModel<4> for NcsnUnet {
+    fn score(&self, x: Tensor<4>, level: &NoiseLevel) -> Tensor<4> {
+        let e = self.embed(level);
+        let h1 = self.res1.forward(self.conv_in.forward(x), &e);
+        let h2 = self.res2.forward(self.down1.forward(h1.clone()), &e);
+        let h3 = self.res3.forward(self.down2.forward(h2.clone()), &e);
+        let u = self.up1.forward(upsample_nearest(h3, 2));
+        let u = self.res_up1.forward(Tensor::cat(vec![u, h2], 1), &e);
+        let u = self.up2.forward(upsample_nearest(u, 2));
+        let u = self.res_up2.forward(Tensor::cat(vec![u, h1], 1), &e);
+        let out = self.conv_out.forward(silu(self.norm_out.forward(u)));
+        out.mul(Self::inv_sigma(level))
+    }
+
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        Some(vec![self.channels, 28, 28])
+    }
+}
+
+impl ScoreJvp<4> for NcsnUnet {
+    fn score_jvp(&self, x: Tensor<4>, level: &NoiseLevel, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let d = self.forward_dual(x, level, v);
+        (d.value, d.tangent)
+    }
+
+    fn score_jvp_many(
+        &self,
+        x: Tensor<4>,
+        level: &NoiseLevel,
+        v: Tensor<4>,
+    ) -> (Tensor<4>, Tensor<4>) {
+        self.score_jvp(x, level, v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_jvp, device, normal};
+    use burn::tensor::TensorData;
+
+    fn level(b: usize) -> NoiseLevel {
+        let sigma: Vec<f64> = (0..b).map(|i| 0.1 + 0.4 * i as f64).collect();
+        let s = Tensor::from_data(TensorData::new(sigma, [b]), &device());
+        NoiseLevel { t: s.clone(), scale: s.ones_like(), sigma: s }
+    }
+
+    #[test]
+    fn reference_configuration_has_789153_parameters_and_keeps_the_shape() {
+        let net = NcsnUnetConfig::new().init(&device());
+        assert_eq!(net.num_params(), 789_153);
+        let x = normal([2, 1, 28, 28], 1);
+        assert_eq!(net.score(x, &level(2)).dims(), [2, 1, 28, 28]);
+    }
+
+    #[test]
+    fn jvp_matches_finite_differences_and_the_plain_forward() {
+        let net = NcsnUnetConfig::new().with_width(8).with_groups(4).init(&device());
+        let (x, v) = (normal([2, 1, 28, 28], 2), normal([2, 1, 28, 28], 3));
+        let level = level(2);
+        let (s, jvp) = net.score_jvp(x.clone(), &level, v.clone());
+        let diff = s.sub(net.score(x.clone(), &level)).abs().max().into_scalar::<f64>();
+        assert!(diff < 1e-10, "dual value differs from the plain forward by {diff}");
+        assert_jvp(|x| net.score(x, &level), x, v, jvp);
+    }
+}
