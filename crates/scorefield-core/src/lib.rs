@@ -43,6 +43,7 @@ pub mod score;
 
 pub use device::{BackendKind, device};
 pub use error::{Error, Result};
+pub use jvp::FiniteDifference;
 pub use objective::{LossOutput, Objective};
 pub use sampler::{Observer, SampleStep, Sampler};
 pub use schedule::{Marginal, NoiseSchedule};

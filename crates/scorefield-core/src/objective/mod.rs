@@ -9,6 +9,11 @@ pub mod elbo;
 pub mod exact;
 pub mod sliced;
 
+pub use denoising::{DenoisingScoreMatching, LevelSampling, Weighting};
+pub use elbo::{ElboLoss, EpsilonElbo, ModelVariance, VlbTerms};
+pub use exact::{DataLevel, ExactScoreMatching};
+pub use sliced::{Projection, SlicedScoreMatching};
+
 use burn::tensor::Tensor;
 use rand::RngCore;
 
