@@ -2,7 +2,7 @@
 //!
 //! Every fallible operation returns [`Result<T>`]; bad input (invalid schedule parameters,
 //! wrong shapes, non-finite values, a backend that is not compiled in) is reported as a typed
-//! [`Error`] instead of a panic or a silent NaN.
+//! [`Error`](enum@Error) instead of a panic or a silent NaN.
 
 use thiserror::Error;
 
@@ -39,6 +39,15 @@ pub enum Error {
     NonFinite {
         /// Where the non-finite value was found, e.g. `"sampler step 17"`.
         context: String,
+    },
+    /// An adaptive solver could not reach its end point: it ran out of steps, or its step size
+    /// underflowed because the tolerance is too tight for the precision.
+    #[error("{solver} failed: {reason}")]
+    SolverFailed {
+        /// The solver, e.g. `"Dormand–Prince"`.
+        solver: &'static str,
+        /// What went wrong, with the time reached.
+        reason: String,
     },
     /// A backend name that scorefield does not know.
     #[error("unknown backend `{0}`: expected one of flex, ndarray, wgpu, cuda")]

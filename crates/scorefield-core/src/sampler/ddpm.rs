@@ -1,1 +1,220 @@
-//! (to be written)
+//! The DDPM ancestral sampler (Ho et al. 2020, Algorithm 2) and DDIM (Song, Meng & Ermon
+//! 2021) on the discrete [`Ddpm`] chain.
+//!
+//! Both take any [`ScoreModel`]: the noise prediction is recovered from the score as
+//! `ε̂ = −σₜ·s(xₜ, t)` with `σₜ = √(1 − ᾱₜ)` (the inverse of [`FromEpsilon`]'s `s = −ε̂/σ`, so
+//! an ε-network wrapped in `FromEpsilon` gives back its own `ε̂`).
+//!
+//! ```text
+//! DDPM, t = T..1:  xₜ₋₁ = (xₜ − βₜ/√(1 − ᾱₜ)·ε̂)/√αₜ + σₜ·z,   σₜ² = βₜ or β̃ₜ,  z = 0 at t = 1
+//!   clipped:       x̂₀ = clip((xₜ − √(1 − ᾱₜ)·ε̂)/√ᾱₜ),   xₜ₋₁ = μ̃ₜ(x̂₀, xₜ) + σₜ·z
+//! DDIM, t → s on a grid T = τ₁ > … > τ_S (then s = 0, ᾱ₀ = 1):
+//!   x̂₀ = (xₜ − √(1 − ᾱₜ)·ε̂)/√ᾱₜ
+//!   c  = η·√((1 − ᾱ_s)/(1 − ᾱₜ))·√(1 − ᾱₜ/ᾱ_s)
+//!   x_s = √ᾱ_s·x̂₀ + √(1 − ᾱ_s − c²)·ε̂ + c·z
+//! ```
+//!
+//! Without clipping the two DDPM lines are the same step (`μ̃ₜ` with `x̂₀` substituted is
+//! Algorithm 2's mean). DDIM with `η = 0` is deterministic; `η = 1` on the full grid is DDPM
+//! with `σₜ² = β̃ₜ`. The last DDIM step lands on `ᾱ₀ = 1` and returns `x̂₀`.
+//!
+//! [`FromEpsilon`]: crate::score::FromEpsilon
+
+use burn::tensor::Tensor;
+use rand::RngCore;
+
+use crate::error::{Error, Result, ensure_finite, ensure_less};
+use crate::sampler::langevin::{check_init, noise_like};
+use crate::sampler::{Observer, SampleStep, Sampler, check_finite};
+use crate::schedule::{Ddpm, NoiseSchedule};
+use crate::score::{NoiseLevel, ScoreModel};
+
+/// The variance `σₜ²` of the DDPM reverse step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DdpmVariance {
+    /// `σₜ² = βₜ` (optimal for `x₀ ~ N(0, I)`; "fixed large").
+    Beta,
+    /// `σₜ² = β̃ₜ = (1 − ᾱₜ₋₁)/(1 − ᾱₜ)·βₜ`, the posterior variance (optimal for a single
+    /// data point; "fixed small").
+    BetaTilde,
+}
+
+/// DDPM's ancestral sampler (Algorithm 2) over all `T` steps of a [`Ddpm`] chain:
+/// `xₜ₋₁ = (xₜ − βₜ/√(1 − ᾱₜ)·ε̂)/√αₜ + σₜ·z` with `ε̂ = −√(1 − ᾱₜ)·s(xₜ, t)`, optionally
+/// clipping the implied `x̂₀` to a range (then `xₜ₋₁ = μ̃ₜ(x̂₀, xₜ) + σₜ·z`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DdpmAncestral {
+    schedule: Ddpm,
+    variance: DdpmVariance,
+    clip: Option<(f64, f64)>,
+}
+
+impl DdpmAncestral {
+    /// The sampler over every step of `schedule`, with reverse variance `variance`, no
+    /// clipping. Start it from `x_T ~ N(0, I)`.
+    pub fn new(schedule: Ddpm, variance: DdpmVariance) -> Self {
+        Self { schedule, variance, clip: None }
+    }
+
+    /// The same sampler, clipping `x̂₀` to `[lo, hi]` at every step (DDPM clips to `[−1, 1]`).
+    ///
+    /// Errors with [`Error::InvalidParameter`] unless `lo < hi`, both finite.
+    pub fn with_clip(self, lo: f64, hi: f64) -> Result<Self> {
+        ensure_finite("lo", lo)?;
+        ensure_finite("hi", hi)?;
+        ensure_less("lo", lo, "hi", hi)?;
+        Ok(Self { clip: Some((lo, hi)), ..self })
+    }
+
+    /// The DDPM chain.
+    pub fn schedule(&self) -> &Ddpm {
+        &self.schedule
+    }
+
+    /// The reverse variance.
+    pub fn variance(&self) -> DdpmVariance {
+        self.variance
+    }
+
+    /// The clipping range of `x̂₀`, if any.
+    pub fn clip(&self) -> Option<(f64, f64)> {
+        self.clip
+    }
+}
+
+impl<M: ScoreModel<D>, const D: usize> Sampler<M, D> for DdpmAncestral {
+    /// Runs the `T` steps from `init` (`x_T`); step `k` goes from `t = T − k` to `t − 1` and is
+    /// reported with `t − 1` and `σ = √(1 − ᾱₜ₋₁)`.
+    ///
+    /// Errors with [`Error::ShapeMismatch`] if `init` is not a non-empty batch of the model's
+    /// sample shape, and with [`Error::NonFinite`] if `init` or a step is not finite.
+    fn sample(
+        &self,
+        model: &M,
+        init: Tensor<D>,
+        rng: &mut dyn RngCore,
+        observer: &mut dyn Observer<D>,
+    ) -> Result<Tensor<D>> {
+        let batch = check_init("DDPM ancestral", model, &init)?;
+        let device = init.device();
+        let d = &self.schedule;
+        let total = d.steps();
+        let mut x = init;
+        for (step, t) in (1..=total).rev().enumerate() {
+            let level = NoiseLevel::constant(d, t as f64, batch, &device);
+            let (beta, alpha, sigma_t) = (d.betas()[t - 1], d.alphas()[t - 1], level_sigma(d, t));
+            let eps = model.score(x.clone(), &level).mul_scalar(-sigma_t); // ε̂ = −σₜ s
+            let mean = match self.clip {
+                None => (x - eps.mul_scalar(beta / sigma_t)).div_scalar(alpha.sqrt()),
+                Some((lo, hi)) => {
+                    let x0 =
+                        (x.clone() - eps.mul_scalar(sigma_t)).div_scalar(d.alpha_bar(t).sqrt());
+                    let (c0, c1) = d.posterior_mean_coefficients(t);
+                    x0.clamp(lo, hi).mul_scalar(c0) + x.mul_scalar(c1)
+                }
+            };
+            x = if t > 1 {
+                let var = match self.variance {
+                    DdpmVariance::Beta => beta,
+                    DdpmVariance::BetaTilde => d.posterior_variance(t),
+                };
+                let z = noise_like(&mean, rng);
+                mean + z.mul_scalar(var.sqrt())
+            } else {
+                mean
+            };
+            check_finite(&x, || format!("DDPM ancestral step {step} (t = {t})"))?;
+            let (t, sigma) = (t as f64 - 1.0, level_sigma(d, t - 1));
+            observer.on_step(&SampleStep { step, total, t, sigma, x: &x })?;
+        }
+        Ok(x)
+    }
+}
+
+/// DDIM on the steps `Ddpm::grid(steps)` (`T = τ₁ > … > τ_S ≥ 1`, then `ᾱ₀ = 1`):
+/// `x_s = √ᾱ_s·x̂₀ + √(1 − ᾱ_s − c²)·ε̂ + c·z` with `x̂₀ = (xₜ − √(1 − ᾱₜ)·ε̂)/√ᾱₜ`,
+/// `c = η·√((1 − ᾱ_s)/(1 − ᾱₜ))·√(1 − ᾱₜ/ᾱ_s)` and `ε̂ = −√(1 − ᾱₜ)·s(xₜ, t)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ddim {
+    schedule: Ddpm,
+    times: Vec<usize>,
+    eta: f64,
+}
+
+impl Ddim {
+    /// DDIM with `steps` model evaluations at `schedule.grid(steps)` and stochasticity `eta`.
+    ///
+    /// Errors with [`Error::InvalidParameter`] unless `η ∈ [0, 1]` and `1 ≤ steps ≤ T`.
+    pub fn new(schedule: Ddpm, steps: usize, eta: f64) -> Result<Self> {
+        ensure_finite("eta", eta)?;
+        if !(0.0..=1.0).contains(&eta) {
+            return Err(Error::invalid("eta", eta, "must be in [0, 1]"));
+        }
+        if steps == 0 {
+            return Err(Error::invalid("steps", 0, "at least one step is needed"));
+        }
+        // The grid's times are integers in [1, T].
+        let times = schedule.grid(steps)?.into_iter().map(|t| t.round() as usize).collect();
+        Ok(Self { schedule, times, eta })
+    }
+
+    /// The DDPM chain.
+    pub fn schedule(&self) -> &Ddpm {
+        &self.schedule
+    }
+
+    /// The steps `τ₁ > … > τ_S` the model is evaluated at.
+    pub fn times(&self) -> &[usize] {
+        &self.times
+    }
+
+    /// The stochasticity `η`.
+    pub fn eta(&self) -> f64 {
+        self.eta
+    }
+}
+
+impl<M: ScoreModel<D>, const D: usize> Sampler<M, D> for Ddim {
+    /// Runs the `S` steps from `init` (`x_T`); step `k` goes from `τₖ₊₁` to the next grid
+    /// step (or 0) and is reported with that time and `σ = √(1 − ᾱ)`.
+    ///
+    /// Errors with [`Error::ShapeMismatch`] if `init` is not a non-empty batch of the model's
+    /// sample shape, and with [`Error::NonFinite`] if `init` or a step is not finite.
+    fn sample(
+        &self,
+        model: &M,
+        init: Tensor<D>,
+        rng: &mut dyn RngCore,
+        observer: &mut dyn Observer<D>,
+    ) -> Result<Tensor<D>> {
+        let batch = check_init("DDIM", model, &init)?;
+        let device = init.device();
+        let d = &self.schedule;
+        let total = self.times.len();
+        let mut x = init;
+        for (step, &t) in self.times.iter().enumerate() {
+            let s = self.times.get(step + 1).copied().unwrap_or(0);
+            let level = NoiseLevel::constant(d, t as f64, batch, &device);
+            let (ab_t, ab_s) = (d.alpha_bar(t), d.alpha_bar(s));
+            let (omab_t, omab_s) = (d.one_minus_alpha_bar(t), d.one_minus_alpha_bar(s));
+            let eps = model.score(x.clone(), &level).mul_scalar(-omab_t.sqrt()); // ε̂ = −σₜ s
+            let x0 = (x - eps.clone().mul_scalar(omab_t.sqrt())).div_scalar(ab_t.sqrt());
+            let c = self.eta * (omab_s / omab_t).sqrt() * (1.0 - ab_t / ab_s).sqrt();
+            let dir = (omab_s - c * c).max(0.0).sqrt();
+            x = x0.mul_scalar(ab_s.sqrt()) + eps.mul_scalar(dir);
+            if c > 0.0 {
+                let z = noise_like(&x, rng);
+                x = x + z.mul_scalar(c);
+            }
+            check_finite(&x, || format!("DDIM step {step} (t = {t} → {s})"))?;
+            let (t, sigma) = (s as f64, omab_s.sqrt());
+            observer.on_step(&SampleStep { step, total, t, sigma, x: &x })?;
+        }
+        Ok(x)
+    }
+}
+
+/// `σₜ = √(1 − ᾱₜ)`, the std of `q(xₜ | x₀)`.
+fn level_sigma(d: &Ddpm, t: usize) -> f64 {
+    d.one_minus_alpha_bar(t).sqrt()
+}

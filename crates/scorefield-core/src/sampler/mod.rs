@@ -11,6 +11,12 @@ pub mod langevin;
 pub mod ode;
 pub mod reverse_sde;
 
+pub use annealed::AnnealedLangevin;
+pub use ddpm::{Ddim, DdpmAncestral, DdpmVariance};
+pub use langevin::Langevin;
+pub use ode::{OdeSolver, ProbabilityFlow, SolveStats};
+pub use reverse_sde::{Corrector, Predictor, ReverseSde};
+
 use burn::tensor::Tensor;
 use rand::RngCore;
 
