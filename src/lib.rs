@@ -33,10 +33,6 @@
 pub struct ReadmeDoctests;
 
 pub use scorefield_core as core;
-pub use scorefield_core::{
-    BackendKind, Error, LossOutput, Marginal, NoiseLevel, NoiseSchedule, Objective, Observer,
-    Result, SampleStep, Sampler, ScoreJvp, ScoreModel, analytic, device, objective, random,
-    sampler, schedule, score,
-};
+pub use scorefield_core::*;
 pub use scorefield_data as data;
 pub use scorefield_nn as nn;

@@ -36,7 +36,8 @@ pub fn energy_distance(x: &[f64], y: &[f64], d: usize) -> f64 {
 }
 
 /// The `1 − alpha` quantile of the energy distance under the null, from `permutations`
-/// random relabellings of the pooled samples.
+/// random relabellings of the pooled samples. The pooled distance matrix is computed once;
+/// each permutation only re-sums it.
 pub fn permutation_threshold(
     x: &[f64],
     y: &[f64],
@@ -45,14 +46,41 @@ pub fn permutation_threshold(
     alpha: f64,
     seed: u64,
 ) -> f64 {
-    let mut pooled: Vec<&[f64]> = rows(x, d).into_iter().chain(rows(y, d)).collect();
-    let n = x.len() / d;
+    let pooled: Vec<&[f64]> = rows(x, d).into_iter().chain(rows(y, d)).collect();
+    let (n, total) = (x.len() / d, pooled.len());
+    let mut dist = vec![0.0; total * total];
+    for i in 0..total {
+        for j in 0..i {
+            let v =
+                pooled[i].iter().zip(pooled[j]).map(|(u, w)| (u - w).powi(2)).sum::<f64>().sqrt();
+            dist[i * total + j] = v;
+            dist[j * total + i] = v;
+        }
+    }
     let mut rng = StdRng::seed_from_u64(seed);
+    let mut order: Vec<usize> = (0..total).collect();
+    let mut group = vec![false; total];
     let mut stats: Vec<f64> = (0..permutations)
         .map(|_| {
-            pooled.shuffle(&mut rng);
-            let (a, b) = pooled.split_at(n);
-            2.0 * mean_distance(a, b, false) - mean_distance(a, a, true) - mean_distance(b, b, true)
+            order.shuffle(&mut rng);
+            for (k, &i) in order.iter().enumerate() {
+                group[i] = k < n;
+            }
+            // Sums of distances within the first group, within the second, and across.
+            let (mut aa, mut bb, mut ab) = (0.0, 0.0, 0.0);
+            for i in 0..total {
+                let row = &dist[i * total..i * total + i];
+                for (j, &v) in row.iter().enumerate() {
+                    match (group[i], group[j]) {
+                        (true, true) => aa += v,
+                        (false, false) => bb += v,
+                        _ => ab += v,
+                    }
+                }
+            }
+            let m = (total - n) as f64;
+            let nf = n as f64;
+            2.0 * ab / (nf * m) - 2.0 * aa / (nf * (nf - 1.0)) - 2.0 * bb / (m * (m - 1.0))
         })
         .collect();
     stats.sort_by(f64::total_cmp);
