@@ -8,17 +8,24 @@
 //! - [`mlp::ScoreMlp`]: a time-conditioned MLP score network with exact `ScoreJvp`.
 //! - [`unet::NcsnUnet`]: the NCSN-style U-Net for 28×28 images, exact `ScoreJvp`.
 //! - [`embedding`]: the sinusoidal noise-level embedding.
+//! - [`train::Trainer`]: Adam with warm-up, global-norm clipping, an EMA of the weights and
+//!   atomic checkpoints that resume bit for bit.
 #![deny(missing_docs)]
 
 pub mod dual;
 pub mod embedding;
 pub mod layers;
 pub mod mlp;
+pub mod train;
 pub mod unet;
 
 pub use dual::Dual;
 pub use layers::DualForward;
 pub use mlp::{Activation, Conditioning, ScoreMlp, ScoreMlpConfig};
+pub use train::{
+    CheckpointError, CheckpointInfo, LossLog, LossRow, StepReport, Trainer, TrainerConfig,
+    read_checkpoint,
+};
 pub use unet::{NcsnUnet, NcsnUnetConfig};
 
 #[cfg(test)]
