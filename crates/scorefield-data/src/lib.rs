@@ -7,4 +7,6 @@
 pub mod idx;
 pub mod image;
 pub mod mnist;
+pub mod plot;
+pub mod quality;
 pub mod toy;

@@ -6,6 +6,11 @@
 //! environment variable, else `data/mnist` ([`resolve_dir`]). Images become NCHW f32 tensors
 //! in [0, 1]; [`Mnist::batch`] dequantises them as the NCSN code does, `x·255/256 + u/256`,
 //! `u ~ U(0, 1)`.
+//!
+//! With the `download` feature (on by default), [`download`] fetches a split's two gzip files
+//! over HTTPS from the [`MIRRORS`] in turn, checks each against its published MD5
+//! ([`CHECKSUMS`]) and writes it atomically; offline it fails fast with
+//! [`MnistError::Download`], whose message says what to do instead.
 
 use std::path::{Path, PathBuf};
 
@@ -54,6 +59,34 @@ pub enum MnistError {
         /// What does not fit.
         reason: String,
     },
+    /// A file's MD5 is not the published one (a corrupt, truncated or altered download).
+    #[error(
+        "{file}: MD5 {actual}, expected {expected}: the file is corrupt or not the official one"
+    )]
+    Checksum {
+        /// The file name, e.g. `train-images-idx3-ubyte.gz`.
+        file: String,
+        /// The published MD5, hex.
+        expected: String,
+        /// The MD5 of the bytes received, hex.
+        actual: String,
+    },
+    /// No mirror delivered a file: the machine is offline, or every mirror failed.
+    #[error(
+        "could not download {file} into {dir} from any mirror:\n  {}\nIf this machine is \
+         offline, copy the MNIST .gz files of a split (train-images-idx3-ubyte.gz and \
+         train-labels-idx1-ubyte.gz, or the t10k-* pair) from a machine that is online into \
+         {dir}, or point --data-dir or {ENV_VAR} at a directory that holds them",
+        .attempts.join("\n  ")
+    )]
+    Download {
+        /// The file that could not be fetched.
+        file: String,
+        /// The directory it was to be written to.
+        dir: PathBuf,
+        /// One line per mirror tried: the URL and why it failed.
+        attempts: Vec<String>,
+    },
 }
 
 /// Which split a directory holds.
@@ -72,7 +105,36 @@ impl Split {
             Split::Test => "t10k",
         }
     }
+
+    /// The split's two gzip files as published, images then labels
+    /// (`train-images-idx3-ubyte.gz`, `train-labels-idx1-ubyte.gz`).
+    pub fn files(self) -> [&'static str; 2] {
+        match self {
+            Split::Train => ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"],
+            Split::Test => ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"],
+        }
+    }
 }
+
+/// The published MD5 of each MNIST gzip file, hex.
+pub const CHECKSUMS: [(&str, &str); 4] = [
+    ("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+    ("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432"),
+    ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"),
+    ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"),
+];
+
+/// The published MD5 of an MNIST gzip file (`None` for any other name).
+pub fn checksum(file: &str) -> Option<&'static str> {
+    CHECKSUMS.iter().find(|(name, _)| *name == file).map(|&(_, md5)| md5)
+}
+
+/// The mirrors [`download`] tries, in order: each URL is a directory holding the four files.
+/// (Yann LeCun's original site no longer serves them to scripts.)
+pub const MIRRORS: [&str; 2] = [
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+];
 
 /// The MNIST directory: `explicit` if given, else `$SCOREFIELD_MNIST_DIR`, else `data/mnist`.
 pub fn resolve_dir(explicit: Option<&Path>) -> PathBuf {
@@ -189,6 +251,134 @@ impl Mnist {
     }
 }
 
+/// How [`download_with`] fetches: the mirrors, in order, and the time limits that make an
+/// offline machine fail fast.
+#[cfg(feature = "download")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadOptions {
+    /// Base URLs, each a directory holding the files (a trailing `/` is added if missing).
+    pub mirrors: Vec<String>,
+    /// Limit on resolving the host name and on connecting (TLS handshake included).
+    pub connect_timeout: std::time::Duration,
+    /// Limit on each read from the network: a mirror that stalls this long is abandoned.
+    pub read_timeout: std::time::Duration,
+}
+
+#[cfg(feature = "download")]
+impl Default for DownloadOptions {
+    /// The [`MIRRORS`], 10 s to resolve and connect, 30 s per read.
+    fn default() -> Self {
+        Self {
+            mirrors: MIRRORS.iter().map(|m| m.to_string()).collect(),
+            connect_timeout: std::time::Duration::from_secs(10),
+            read_timeout: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+/// The MD5 of `bytes`, lower-case hex.
+#[cfg(feature = "download")]
+fn md5_hex(bytes: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    Md5::digest(bytes).iter().fold(String::with_capacity(32), |mut hex, b| {
+        use std::fmt::Write as _;
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
+}
+
+/// Accepts `bytes` as the file `file` only if their MD5 is `expected` (hex, any case);
+/// otherwise [`MnistError::Checksum`].
+#[cfg(feature = "download")]
+fn verify(file: &str, expected: &str, bytes: &[u8]) -> Result<(), MnistError> {
+    let actual = md5_hex(bytes);
+    if actual.eq_ignore_ascii_case(expected) {
+        Ok(())
+    } else {
+        Err(MnistError::Checksum { file: file.into(), expected: expected.into(), actual })
+    }
+}
+
+/// Downloads `split`'s two gzip files into `dir` (created if needed) from the [`MIRRORS`]:
+/// [`download_with`] with the default [`DownloadOptions`]. Returns the two paths; then
+/// [`Mnist::load`]`(dir)` reads them.
+#[cfg(feature = "download")]
+pub fn download(dir: &Path, split: Split) -> Result<Vec<PathBuf>, MnistError> {
+    download_with(dir, split, &DownloadOptions::default())
+}
+
+/// Downloads `split`'s two gzip files into `dir` (created if needed). A file already there
+/// with the published MD5 is kept. Otherwise each mirror is tried in turn; the bytes are
+/// accepted only if their MD5 is the published one ([`CHECKSUMS`]), and written through a
+/// temporary file and a rename, so `dir` never holds a partial or unverified file.
+///
+/// Errors with [`MnistError::Download`] (every mirror failed: its message lists why, and
+/// what to do on an offline machine) or [`MnistError::Io`] if the file cannot be written.
+#[cfg(feature = "download")]
+pub fn download_with(
+    dir: &Path,
+    split: Split,
+    options: &DownloadOptions,
+) -> Result<Vec<PathBuf>, MnistError> {
+    let config = ureq::Agent::config_builder()
+        .timeout_resolve(Some(options.connect_timeout))
+        .timeout_connect(Some(options.connect_timeout))
+        .timeout_per_read(Some(options.read_timeout))
+        .user_agent(concat!("scorefield-data/", env!("CARGO_PKG_VERSION")))
+        .build();
+    let agent = ureq::Agent::new_with_config(config);
+    let mut paths = Vec::with_capacity(2);
+    for file in split.files() {
+        let expected = checksum(file).expect("every split file has a checksum");
+        let path = dir.join(file);
+        let present = std::fs::read(&path).is_ok_and(|b| verify(file, expected, &b).is_ok());
+        if !present {
+            let bytes = fetch(&agent, file, expected, dir, &options.mirrors)?;
+            crate::image::write_atomically(&path, &bytes).map_err(|e| match e {
+                crate::image::ImageError::Io { path, source } => MnistError::Io { path, source },
+                other => {
+                    MnistError::Io { path: path.clone(), source: std::io::Error::other(other) }
+                }
+            })?;
+        }
+        paths.push(path);
+    }
+    Ok(paths)
+}
+
+/// The bytes of `file` from the first mirror that delivers them with MD5 `expected`.
+#[cfg(feature = "download")]
+fn fetch(
+    agent: &ureq::Agent,
+    file: &str,
+    expected: &str,
+    dir: &Path,
+    mirrors: &[String],
+) -> Result<Vec<u8>, MnistError> {
+    /// Far above the largest file (9.9 MB), far below harm.
+    const LIMIT: u64 = 64 << 20;
+    let mut attempts = Vec::with_capacity(mirrors.len());
+    for mirror in mirrors {
+        let sep = if mirror.ends_with('/') { "" } else { "/" };
+        let url = format!("{mirror}{sep}{file}");
+        let bytes = agent
+            .get(&url)
+            .call()
+            .and_then(|mut response| response.body_mut().with_config().limit(LIMIT).read_to_vec());
+        match bytes {
+            Ok(bytes) => match verify(file, expected, &bytes) {
+                Ok(()) => return Ok(bytes),
+                Err(e) => attempts.push(format!("{url}: {e}")),
+            },
+            Err(e) => attempts.push(format!("{url}: {e}")),
+        }
+    }
+    if attempts.is_empty() {
+        attempts.push("no mirrors were given".into());
+    }
+    Err(MnistError::Download { file: file.into(), dir: dir.into(), attempts })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,5 +454,168 @@ mod tests {
             counts[l as usize] += 1;
         }
         assert_eq!(counts, [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]);
+    }
+
+    /// The official test split beside the repository, if present.
+    #[cfg(feature = "download")]
+    fn shared_dir() -> Option<PathBuf> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mnist");
+        dir.join("t10k-images-idx3-ubyte.gz").is_file().then_some(dir)
+    }
+
+    /// A one-thread HTTP/1.1 server on 127.0.0.1 answering `GET /<prefix>/<file>` from
+    /// `files` (`(prefix, file, bytes)`), 404 otherwise, one request per connection; with
+    /// `stall`, it accepts connections and never answers. Returns its base URL.
+    #[cfg(feature = "download")]
+    fn serve(files: Vec<(&'static str, &'static str, Vec<u8>)>, stall: bool) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                if stall {
+                    held.push(stream);
+                    continue;
+                }
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let request = String::from_utf8_lossy(&request);
+                let target = request.split_whitespace().nth(1).unwrap_or("").to_string();
+                let body = files
+                    .iter()
+                    .find(|(prefix, file, _)| target == format!("/{prefix}/{file}"))
+                    .map(|(_, _, bytes)| bytes.clone());
+                let (status, body) = match body {
+                    Some(b) => ("200 OK", b),
+                    None => ("404 Not Found", b"not here".to_vec()),
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(&body));
+            }
+        });
+        url
+    }
+
+    #[cfg(feature = "download")]
+    fn quick(mirrors: &[String]) -> DownloadOptions {
+        let short = std::time::Duration::from_millis(500);
+        DownloadOptions { mirrors: mirrors.to_vec(), connect_timeout: short, read_timeout: short }
+    }
+
+    /// RFC 1321's test vectors, and the published checksums against the shipped test split.
+    #[cfg(feature = "download")]
+    #[test]
+    fn md5_verification_accepts_the_published_bytes_and_rejects_any_other() {
+        assert_eq!(md5_hex(b""), "d41d8cd98f00b204e9800998ecf8427e");
+        assert_eq!(md5_hex(b"abc"), "900150983cd24fb0d6963f7d28e17f72");
+        assert!(verify("x", "d41d8cd98f00b204e9800998ecf8427e", b"").is_ok());
+        assert!(verify("x", "d41d8cd98f00b204e9800998ecf8427e", b" ").is_err());
+        assert!(verify("x", "900150983CD24FB0D6963F7D28E17F72", b"abc").is_ok(), "any case");
+        let file = "t10k-labels-idx1-ubyte.gz";
+        let err = verify(file, checksum(file).unwrap(), b"abc").unwrap_err();
+        match &err {
+            MnistError::Checksum { file: f, expected, actual } => {
+                assert_eq!((f.as_str(), expected.as_str()), (file, CHECKSUMS[3].1));
+                assert_eq!(actual, "900150983cd24fb0d6963f7d28e17f72");
+            }
+            other => panic!("{other}"),
+        }
+        assert!(err.to_string().contains("corrupt"), "{err}");
+        assert_eq!(checksum("train-images-idx3-ubyte.gz"), Some(CHECKSUMS[0].1));
+        assert_eq!(checksum("README.md"), None);
+        let Some(dir) = shared_dir() else {
+            eprintln!("skipped the official files: ../shared/data/mnist not present");
+            return;
+        };
+        for file in Split::Test.files() {
+            let mut bytes = std::fs::read(dir.join(file)).unwrap();
+            verify(file, checksum(file).unwrap(), &bytes).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 1; // one flipped bit
+            assert!(matches!(
+                verify(file, checksum(file).unwrap(), &bytes),
+                Err(MnistError::Checksum { .. })
+            ));
+        }
+    }
+
+    /// Unreachable mirrors (a reserved name that never resolves, a closed port, a server that
+    /// never answers) fail within the time limits, with a message naming every mirror and
+    /// saying what to do offline, and leave nothing in the directory.
+    #[cfg(feature = "download")]
+    #[test]
+    fn offline_mirrors_fail_fast_with_a_clear_message() {
+        let dir = temp_dir("offline");
+        let mirrors = [
+            "https://mnist.invalid/mnist/".to_string(),
+            "https://127.0.0.1:1/mnist".to_string(),
+            format!("{}/stall/", serve(vec![], true)),
+        ];
+        let start = std::time::Instant::now();
+        let err = download_with(&dir, Split::Train, &quick(&mirrors)).unwrap_err();
+        let elapsed = start.elapsed();
+        assert!(elapsed < std::time::Duration::from_secs(10), "took {elapsed:?}");
+        let MnistError::Download { file, attempts, .. } = &err else { panic!("{err}") };
+        assert_eq!((file.as_str(), attempts.len()), ("train-images-idx3-ubyte.gz", 3));
+        let message = err.to_string();
+        for needle in [&mirrors[0], "127.0.0.1:1", "/stall/", "offline", "--data-dir", ENV_VAR] {
+            assert!(message.contains(needle), "{needle:?} not in: {message}");
+        }
+        assert!(message.contains(&dir.display().to_string()), "{message}");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing written");
+        println!("{message}\n(failed in {elapsed:?})");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A mirror that serves the wrong bytes is refused (checksum) and the next one is used;
+    /// files already present and intact are not fetched again.
+    #[cfg(feature = "download")]
+    #[test]
+    fn a_mirror_with_wrong_bytes_is_refused_and_the_next_one_used() {
+        let dir = temp_dir("download");
+        let [images, labels] = Split::Test.files();
+        let garbage = vec![("bad", images, b"<html>".to_vec()), ("bad", labels, b"oops".to_vec())];
+        let only_bad = serve(garbage.clone(), false);
+        let err =
+            download_with(&dir, Split::Test, &quick(&[format!("{only_bad}/bad")])).unwrap_err();
+        assert!(matches!(&err, MnistError::Download { .. }), "{err}");
+        assert!(err.to_string().contains("MD5"), "{err}");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing unverified written");
+
+        let Some(shared) = shared_dir() else {
+            eprintln!("skipped the successful download: ../shared/data/mnist not present");
+            return std::fs::remove_dir_all(dir).unwrap();
+        };
+        let read = |f: &str| std::fs::read(shared.join(f)).unwrap();
+        let mut files = garbage;
+        files.extend([("good", images, read(images)), ("good", labels, read(labels))]);
+        let base = serve(files, false);
+        let mirrors = [format!("{base}/missing/"), format!("{base}/bad/"), format!("{base}/good")];
+        let paths = download_with(&dir, Split::Test, &quick(&mirrors)).unwrap();
+        assert_eq!(paths, [dir.join(images), dir.join(labels)]);
+        assert_eq!(std::fs::read(&paths[0]).unwrap(), read(images));
+        let m = Mnist::load(&dir).unwrap();
+        assert_eq!((m.split, m.len()), (Split::Test, 10_000));
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, [images, labels], "no temporary file is left");
+        // Present and intact: no mirror is asked.
+        let again = download_with(&dir, Split::Test, &quick(&[])).unwrap();
+        assert_eq!(again, paths);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

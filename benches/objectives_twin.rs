@@ -1,0 +1,190 @@
+//! The scorefield half of a side-by-side timing against PyTorch: `N` training steps of one
+//! objective, step for step the same as `benches/pytorch/objectives.py`, so that the two
+//! programs can be timed as whole processes and compared as a ratio.
+//!
+//! Each run builds the `ScoreMlp` of `benches/objectives.rs` (3 hidden layers of 128 SiLU
+//! units; unconditioned for exact and sliced SM, conditioned on `ln σ` with the NCSN output
+//! scaling for DSM), a pool of 64 batches of 64 standard-normal samples in f32, drawn at set-up
+//! and used in turn (on one fixed batch exact and sliced SM diverge to −∞ within a few thousand
+//! steps), and Adam (lr 1e-3, β = (0.9, 0.999), ε = 1e-8, as PyTorch's defaults). It runs
+//! `--warmup` steps (3 by default), then `N` timed steps (loss, `backward`, Adam update, loss
+//! read back to the host), and prints one line: the parameter count, the last loss and the
+//! mean in-process time per step. `--steps 0` runs the set-up and warm-up only, so the fixed
+//! cost of a process can be subtracted from a timed run.
+//!
+//! Objectives (`--objective`):
+//!
+//! - `exact`: `ExactScoreMatching`, `tr J` from the `d` basis tangents in one forward-mode pass;
+//! - `sliced`: `SlicedScoreMatching::variance_reduced(1, Rademacher)`, one exact forward-mode JVP;
+//! - `fd_sliced`: the same through `FiniteDifference` (h = 1e-3): three plain forward passes;
+//! - `dsm`: `DenoisingScoreMatching::multi_scale` over 10 geometric σ from 1 to 0.01.
+//!
+//! ```text
+//! cargo build --release --bench objectives_twin
+//! target/release/deps/objectives_twin-<hash> --objective exact --dim 64 --steps 20
+//! python benches/pytorch/objectives.py --objective exact --dim 64 --steps 20
+//! ```
+//!
+//! `--backend NAME` picks another compiled-in device (default `flex`). Unknown arguments
+//! (`--bench`, passed by `cargo bench`) are ignored. Results: `docs/objectives_benchmark.md`.
+
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::{Device, Tensor};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use scorefield::core::jvp::{FiniteDifference, SUGGESTED_STEP_F32};
+use scorefield::nn::{Conditioning, ScoreMlp, ScoreMlpConfig};
+use scorefield::objective::{
+    DenoisingScoreMatching, ExactScoreMatching, Projection, SlicedScoreMatching,
+};
+use scorefield::random::standard_normal;
+use scorefield::schedule::GeometricSigmas;
+use scorefield::{LossOutput, Objective};
+
+const BATCH: usize = 64;
+/// The data: this many batches of N(0, I) samples drawn at set-up, used in turn.
+const POOL: usize = 64;
+const HIDDEN: usize = 128;
+const LAYERS: usize = 3;
+const EMBEDDING: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Exact,
+    Sliced,
+    FdSliced,
+    Dsm,
+}
+
+impl Kind {
+    fn parse(name: &str) -> Option<Self> {
+        match name {
+            "exact" => Some(Kind::Exact),
+            "sliced" => Some(Kind::Sliced),
+            "fd_sliced" => Some(Kind::FdSliced),
+            "dsm" => Some(Kind::Dsm),
+            _ => None,
+        }
+    }
+}
+
+struct Args {
+    kind: Kind,
+    dim: usize,
+    steps: usize,
+    warmup: usize,
+    backend: String,
+}
+
+const USAGE: &str = "usage: objectives_twin --objective exact|sliced|fd_sliced|dsm --dim D \
+                     --steps N [--warmup 3] [--backend flex]";
+
+/// Parses `--objective`, `--dim`, `--steps`, `--warmup` and `--backend` (each followed by its
+/// value); anything else is ignored.
+fn parse_args() -> Result<Args, String> {
+    let (mut kind, mut dim, mut steps) = (None, None, None);
+    let (mut warmup, mut backend) = (3, "flex".to_string());
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--objective" => {
+                let name = value()?;
+                kind = Some(Kind::parse(&name).ok_or(format!("unknown objective {name}"))?);
+            }
+            "--dim" => dim = Some(value()?.parse().map_err(|e| format!("--dim: {e}"))?),
+            "--steps" => steps = Some(value()?.parse().map_err(|e| format!("--steps: {e}"))?),
+            "--warmup" => warmup = value()?.parse().map_err(|e| format!("--warmup: {e}"))?,
+            "--backend" => backend = value()?,
+            _ => {}
+        }
+    }
+    match (kind, dim, steps) {
+        (Some(kind), Some(dim), Some(steps)) if dim > 0 => {
+            Ok(Args { kind, dim, steps, warmup, backend })
+        }
+        _ => Err(USAGE.to_string()),
+    }
+}
+
+/// `ScoreMlp`'s parameter count from its layer shapes (`crates/scorefield-nn/src/mlp.rs`),
+/// the same closed form as the Python twin's.
+fn expected_params(d: usize, conditioned: bool) -> usize {
+    let h = HIDDEN;
+    let mut n = (d * h + h) + (LAYERS - 1) * (h * h + h) + (h * d + d);
+    if conditioned {
+        n += (EMBEDDING * h + h) + LAYERS * h * h;
+    }
+    n
+}
+
+fn main() {
+    let args = parse_args().unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(2)
+    });
+    let device: Device = scorefield::device(&args.backend).expect("backend compiled in").autodiff();
+    let conditioned = args.kind == Kind::Dsm;
+    let conditioning = if conditioned { Conditioning::LogSigma } else { Conditioning::None };
+    let mut model = ScoreMlpConfig::new(args.dim)
+        .with_hidden(HIDDEN)
+        .with_layers(LAYERS)
+        .with_embedding(EMBEDDING)
+        .with_conditioning(conditioning)
+        .with_scale_by_sigma(conditioned)
+        .init(&device);
+    let params = model.num_params();
+    assert_eq!(params, expected_params(args.dim, conditioned), "ScoreMlp parameter count");
+
+    let mut rng = StdRng::seed_from_u64(0);
+    let data: Tensor<2> = standard_normal([POOL * BATCH, args.dim], &device, &mut rng);
+    let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
+    let sliced = SlicedScoreMatching::variance_reduced(1, Projection::Rademacher);
+    let sigmas = GeometricSigmas::new(0.01, 1.0, 10).expect("valid levels");
+    let dsm = DenoisingScoreMatching::multi_scale(&sigmas, 10).expect("valid levels");
+
+    let mut batch = 0;
+    let mut step = |model: ScoreMlp, rng: &mut StdRng| -> (ScoreMlp, f32) {
+        let x = data.clone().narrow(0, (batch % POOL) * BATCH, BATCH);
+        batch += 1;
+        let out: LossOutput = match args.kind {
+            Kind::Exact => ExactScoreMatching::new().loss(&model, x, rng),
+            Kind::Sliced => sliced.loss(&model, x, rng),
+            Kind::FdSliced => {
+                let fd = FiniteDifference::new(&model, SUGGESTED_STEP_F32).expect("valid step");
+                sliced.loss(&fd, x, rng)
+            }
+            Kind::Dsm => dsm.loss(&model, x, rng),
+        }
+        .expect("loss");
+        let value = out.loss.clone();
+        let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+        let model = optim.step(1e-3, model, grads);
+        (model, value.into_scalar::<f32>())
+    };
+
+    let mut loss = f32::NAN;
+    for _ in 0..args.warmup {
+        (model, loss) = step(model, &mut rng);
+    }
+    let start = Instant::now();
+    for _ in 0..args.steps {
+        (model, loss) = step(model, &mut rng);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let per_step = if args.steps > 0 { elapsed / args.steps as f64 * 1e3 } else { f64::NAN };
+    let name = match args.kind {
+        Kind::Exact => "exact",
+        Kind::Sliced => "sliced",
+        Kind::FdSliced => "fd_sliced",
+        Kind::Dsm => "dsm",
+    };
+    println!(
+        "scorefield {} objective={name} dim={} params={params} steps={} loss={loss:.6} \
+         step_ms={per_step:.3}",
+        args.backend, args.dim, args.steps
+    );
+}
