@@ -295,7 +295,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     save_grid(reference.clone().narrow(0, 0, 64.min(held_out.len())), &args.out.join("data.png"))?;
 
     let start = Instant::now();
-    let ddim = Ddim::new(ddpm.clone(), args.ddim_steps, 0.0)?;
+    let ddim = Ddim::new(ddpm.clone(), args.ddim_steps, 0.0)?.with_clip(-1.0, 1.0)?;
     let ddim_samples = draw("DDIM", &ddim, &model, args.ddim_samples, &mut rng, &device)?;
     println!("DDIM: {} samples in {:.1} s", args.ddim_samples, start.elapsed().as_secs_f64());
     save_grid(ddim_samples.clone(), &args.out.join("samples_ddim.png"))?;

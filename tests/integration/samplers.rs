@@ -315,6 +315,37 @@ fn ddim_samples_gaussian_data_and_is_deterministic_at_eta_zero() {
     assert_matches("DDIM η = 1, 250 steps", got, want);
 }
 
+#[test]
+fn clipped_ddim_at_eta_one_on_the_full_grid_is_clipped_ddpm_with_beta_tilde() {
+    // DDIM's step is linear in (x̂₀, xₜ) with DDPM's posterior-mean coefficients when η = 1 and
+    // the grid is every step, so clipping x̂₀ (and recomputing ε̂ from it) keeps the identity.
+    let model = FromEpsilon(ExactEpsilon);
+    let ddpm = Ddpm::linear(100).unwrap();
+    let ancestral = DdpmAncestral::new(ddpm.clone(), DdpmVariance::BetaTilde);
+    let ddim = Ddim::new(ddpm, 100, 1.0).unwrap();
+    for (lo, hi) in [(-0.2, 0.2), (-0.5, 0.1)] {
+        let a = values(run(
+            &ancestral.clone().with_clip(lo, hi).unwrap(),
+            &model,
+            gaussian_init(200, 1.0, 1),
+            2,
+        ));
+        let b = values(run(
+            &ddim.clone().with_clip(lo, hi).unwrap(),
+            &model,
+            gaussian_init(200, 1.0, 1),
+            2,
+        ));
+        let diff = a.iter().zip(&b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+        eprintln!("clip [{lo}, {hi}]: DDIM(η = 1) vs DDPM(β̃) max difference {diff:.2e}");
+        assert!(diff < 1e-4, "{diff}");
+        assert!(b.iter().all(|v| (lo - 1e-6..=hi + 1e-6).contains(v)), "DDIM left [{lo}, {hi}]");
+        // The clip is active: the unclipped sampler leaves the range.
+        let free = values(run(&ddim, &model, gaussian_init(200, 1.0, 1), 2));
+        assert!(free.iter().any(|v| !(lo..=hi).contains(v)));
+    }
+}
+
 /// Asserts that the energy distance rejects `got` against `want` (the tests above can fail).
 fn assert_rejected(name: &str, got: Tensor<2>, want: Tensor<2>) {
     let (got, want) = (values(got), values(want));
@@ -535,10 +566,13 @@ fn invalid_parameters_are_rejected() {
     }
     assert_eq!(invalid_name(Ddim::new(short.clone(), 0, 0.0)), "steps");
     assert_eq!(invalid_name(Ddim::new(short.clone(), 11, 0.0)), "n");
-    let ancestral = DdpmAncestral::new(short, DdpmVariance::Beta);
+    let ancestral = DdpmAncestral::new(short.clone(), DdpmVariance::Beta);
     assert_eq!(invalid_name(ancestral.clone().with_clip(1.0, -1.0)), "lo");
     assert_eq!(invalid_name(ancestral.clone().with_clip(f64::NAN, 1.0)), "lo");
     assert_eq!(invalid_name(ancestral.with_clip(-1.0, f64::INFINITY)), "hi");
+    let ddim = Ddim::new(short, 5, 0.0).unwrap();
+    assert_eq!(invalid_name(ddim.clone().with_clip(0.5, 0.5)), "lo");
+    assert_eq!(invalid_name(ddim.with_clip(-1.0, f64::NAN)), "hi");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,11 +12,14 @@
 //!   x̂₀ = (xₜ − √(1 − ᾱₜ)·ε̂)/√ᾱₜ
 //!   c  = η·√((1 − ᾱ_s)/(1 − ᾱₜ))·√(1 − ᾱₜ/ᾱ_s)
 //!   x_s = √ᾱ_s·x̂₀ + √(1 − ᾱ_s − c²)·ε̂ + c·z
+//!   clipped:  x̂₀ ← clip(x̂₀),  ε̂ ← (xₜ − √ᾱₜ·x̂₀)/√(1 − ᾱₜ)  (the pair still gives back xₜ)
 //! ```
 //!
 //! Without clipping the two DDPM lines are the same step (`μ̃ₜ` with `x̂₀` substituted is
 //! Algorithm 2's mean). DDIM with `η = 0` is deterministic; `η = 1` on the full grid is DDPM
-//! with `σₜ² = β̃ₜ`. The last DDIM step lands on `ᾱ₀ = 1` and returns `x̂₀`.
+//! with `σₜ² = β̃ₜ`, with or without clipping (the step is linear in `(x̂₀, xₜ)` with the same
+//! coefficients). The last DDIM step lands on `ᾱ₀ = 1` and returns `x̂₀`, so a clipped DDIM
+//! ends inside the clipping range.
 //!
 //! [`FromEpsilon`]: crate::score::FromEpsilon
 
@@ -60,10 +63,7 @@ impl DdpmAncestral {
     ///
     /// Errors with [`Error::InvalidParameter`] unless `lo < hi`, both finite.
     pub fn with_clip(self, lo: f64, hi: f64) -> Result<Self> {
-        ensure_finite("lo", lo)?;
-        ensure_finite("hi", hi)?;
-        ensure_less("lo", lo, "hi", hi)?;
-        Ok(Self { clip: Some((lo, hi)), ..self })
+        Ok(Self { clip: Some(clip_range(lo, hi)?), ..self })
     }
 
     /// The DDPM chain.
@@ -133,12 +133,25 @@ impl<M: ScoreModel<D>, const D: usize> Sampler<M, D> for DdpmAncestral {
 
 /// DDIM on the steps `Ddpm::grid(steps)` (`T = τ₁ > … > τ_S ≥ 1`, then `ᾱ₀ = 1`):
 /// `x_s = √ᾱ_s·x̂₀ + √(1 − ᾱ_s − c²)·ε̂ + c·z` with `x̂₀ = (xₜ − √(1 − ᾱₜ)·ε̂)/√ᾱₜ`,
-/// `c = η·√((1 − ᾱ_s)/(1 − ᾱₜ))·√(1 − ᾱₜ/ᾱ_s)` and `ε̂ = −√(1 − ᾱₜ)·s(xₜ, t)`.
+/// `c = η·√((1 − ᾱ_s)/(1 − ᾱₜ))·√(1 − ᾱₜ/ᾱ_s)` and `ε̂ = −√(1 − ᾱₜ)·s(xₜ, t)`; optionally
+/// clipping `x̂₀` to a range (then `ε̂` is recomputed from the clipped `x̂₀`).
+///
+/// ```
+/// use scorefield_core::sampler::Ddim;
+/// use scorefield_core::schedule::Ddpm;
+///
+/// // 50 deterministic steps, images kept in [−1, 1] as DDPM's data.
+/// let ddim = Ddim::new(Ddpm::linear(1000)?, 50, 0.0)?.with_clip(-1.0, 1.0)?;
+/// assert_eq!(ddim.times().len(), 50);
+/// assert_eq!(ddim.clip(), Some((-1.0, 1.0)));
+/// # Ok::<(), scorefield_core::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ddim {
     schedule: Ddpm,
     times: Vec<usize>,
     eta: f64,
+    clip: Option<(f64, f64)>,
 }
 
 impl Ddim {
@@ -155,7 +168,20 @@ impl Ddim {
         }
         // The grid's times are integers in [1, T].
         let times = schedule.grid(steps)?.into_iter().map(|t| t.round() as usize).collect();
-        Ok(Self { schedule, times, eta })
+        Ok(Self { schedule, times, eta, clip: None })
+    }
+
+    /// The same sampler, clipping `x̂₀` to `[lo, hi]` at every step and recomputing `ε̂` from
+    /// it, so that the samples end inside `[lo, hi]`.
+    ///
+    /// Errors with [`Error::InvalidParameter`] unless `lo < hi`, both finite.
+    pub fn with_clip(self, lo: f64, hi: f64) -> Result<Self> {
+        Ok(Self { clip: Some(clip_range(lo, hi)?), ..self })
+    }
+
+    /// The clipping range of `x̂₀`, if any.
+    pub fn clip(&self) -> Option<(f64, f64)> {
+        self.clip
     }
 
     /// The DDPM chain.
@@ -198,7 +224,15 @@ impl<M: ScoreModel<D>, const D: usize> Sampler<M, D> for Ddim {
             let (ab_t, ab_s) = (d.alpha_bar(t), d.alpha_bar(s));
             let (omab_t, omab_s) = (d.one_minus_alpha_bar(t), d.one_minus_alpha_bar(s));
             let eps = model.score(x.clone(), &level).mul_scalar(-omab_t.sqrt()); // ε̂ = −σₜ s
-            let x0 = (x - eps.clone().mul_scalar(omab_t.sqrt())).div_scalar(ab_t.sqrt());
+            let x0 = (x.clone() - eps.clone().mul_scalar(omab_t.sqrt())).div_scalar(ab_t.sqrt());
+            let (x0, eps) = match self.clip {
+                None => (x0, eps),
+                Some((lo, hi)) => {
+                    let x0 = x0.clamp(lo, hi);
+                    let eps = (x - x0.clone().mul_scalar(ab_t.sqrt())).div_scalar(omab_t.sqrt());
+                    (x0, eps)
+                }
+            };
             let c = self.eta * (omab_s / omab_t).sqrt() * (1.0 - ab_t / ab_s).sqrt();
             let dir = (omab_s - c * c).max(0.0).sqrt();
             x = x0.mul_scalar(ab_s.sqrt()) + eps.mul_scalar(dir);
@@ -212,6 +246,14 @@ impl<M: ScoreModel<D>, const D: usize> Sampler<M, D> for Ddim {
         }
         Ok(x)
     }
+}
+
+/// Validates a clipping range `[lo, hi]`: both finite, `lo < hi`.
+fn clip_range(lo: f64, hi: f64) -> Result<(f64, f64)> {
+    ensure_finite("lo", lo)?;
+    ensure_finite("hi", hi)?;
+    ensure_less("lo", lo, "hi", hi)?;
+    Ok((lo, hi))
 }
 
 /// `σₜ = √(1 − ᾱₜ)`, the std of `q(xₜ | x₀)`.
