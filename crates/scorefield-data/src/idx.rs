@@ -49,54 +49,88 @@ pub struct IdxArray {
     pub data: Vec<u8>,
 }
 
+/// The most values an IDX file may hold (1 GiB; MNIST's largest file holds 47 MB): a larger
+/// header is [`IdxError::TooLarge`], so a corrupt or hostile header cannot make the reader
+/// decompress or allocate without bound.
+pub const MAX_VALUES: usize = 1 << 30;
+
+/// The first two bytes of a gzip stream.
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
 /// Decompresses `bytes` if they start with the gzip magic `1f 8b`, then parses them.
+///
+/// The gzip stream is decoded as it is parsed, so a stream that decompresses to more than its
+/// header announces is stopped there ([`IdxError::TrailingBytes`]) rather than held in memory.
 pub fn parse(bytes: &[u8]) -> Result<IdxArray, IdxError> {
-    if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut raw = Vec::new();
-        GzDecoder::new(bytes).read_to_end(&mut raw).map_err(|e| IdxError::Gzip(e.to_string()))?;
-        parse_raw(&raw)
-    } else {
-        parse_raw(bytes)
-    }
+    if bytes.starts_with(&GZIP_MAGIC) { read(GzDecoder::new(bytes)) } else { parse_raw(bytes) }
 }
 
 /// Parses an uncompressed IDX file of unsigned bytes.
 pub fn parse_raw(bytes: &[u8]) -> Result<IdxArray, IdxError> {
-    if bytes.len() < 4 {
-        return Err(IdxError::Truncated { expected: 4, got: bytes.len() });
+    read(bytes)
+}
+
+/// Parses an uncompressed IDX stream of unsigned bytes from `reader`; a read error (for a
+/// [`GzDecoder`], a corrupt stream) is [`IdxError::Gzip`].
+pub fn read<R: Read>(mut reader: R) -> Result<IdxArray, IdxError> {
+    let mut magic = [0u8; 4];
+    let got = fill(&mut reader, &mut magic)?;
+    if got < 4 {
+        return Err(IdxError::Truncated { expected: 4, got });
     }
-    if bytes[0] != 0 || bytes[1] != 0 {
-        return Err(IdxError::BadMagic(bytes[0], bytes[1]));
+    if magic[0] != 0 || magic[1] != 0 {
+        return Err(IdxError::BadMagic(magic[0], magic[1]));
     }
-    if bytes[2] != 0x08 {
-        return Err(IdxError::UnsupportedType(bytes[2]));
+    if magic[2] != 0x08 {
+        return Err(IdxError::UnsupportedType(magic[2]));
     }
-    let rank = bytes[3];
+    let rank = magic[3];
     if rank == 0 || rank > 4 {
         return Err(IdxError::UnsupportedRank(rank));
     }
     let header = 4 + 4 * rank as usize;
-    if bytes.len() < header {
-        return Err(IdxError::Truncated { expected: header, got: bytes.len() });
+    let mut dims = vec![0u8; header - 4];
+    let got = 4 + fill(&mut reader, &mut dims)?;
+    if got < header {
+        return Err(IdxError::Truncated { expected: header, got });
     }
-    let raw_dims: Vec<u32> = bytes[4..header]
-        .chunks_exact(4)
-        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let raw_dims: Vec<u32> =
+        dims.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect();
     let count = raw_dims
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
-        .filter(|&n| n <= isize::MAX as usize - header)
+        .filter(|&n| n <= MAX_VALUES)
         .ok_or_else(|| IdxError::TooLarge(raw_dims.clone()))?;
     let expected = header + count;
-    match bytes.len() {
-        n if n < expected => Err(IdxError::Truncated { expected, got: n }),
-        n if n > expected => Err(IdxError::TrailingBytes(n - expected)),
-        _ => Ok(IdxArray {
-            dims: raw_dims.iter().map(|&d| d as usize).collect(),
-            data: bytes[header..].to_vec(),
-        }),
+    // Grows with the bytes that actually arrive, not with what the header claims.
+    let mut data = Vec::new();
+    (&mut reader)
+        .take(count as u64)
+        .read_to_end(&mut data)
+        .map_err(|e| IdxError::Gzip(e.to_string()))?;
+    if data.len() < count {
+        return Err(IdxError::Truncated { expected, got: header + data.len() });
     }
+    let trailing = std::io::copy(&mut reader, &mut std::io::sink())
+        .map_err(|e| IdxError::Gzip(e.to_string()))?;
+    if trailing > 0 {
+        return Err(IdxError::TrailingBytes(trailing as usize));
+    }
+    Ok(IdxArray { dims: raw_dims.iter().map(|&d| d as usize).collect(), data })
+}
+
+/// Reads into `buf` until it is full or the stream ends; the number of bytes read.
+fn fill<R: Read>(reader: &mut R, buf: &mut [u8]) -> Result<usize, IdxError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(IdxError::Gzip(e.to_string())),
+        }
+    }
+    Ok(filled)
 }
 
 /// Encodes an array as an uncompressed IDX file (for tests and tools).
@@ -157,5 +191,20 @@ mod tests {
         gz.write_all(&raw).unwrap();
         let gz = gz.finish().unwrap();
         assert!(matches!(parse(&gz[..gz.len() / 2]), Err(IdxError::Gzip(_))));
+        // A header just above the cap.
+        let over = [0, 0, 8, 2, 0, 0, 0x80, 0, 0, 0, 0x80, 1];
+        assert!(matches!(parse(&over), Err(IdxError::TooLarge(_))));
+    }
+
+    #[test]
+    fn a_gzip_stream_longer_than_its_header_is_stopped() {
+        // 3 values announced, a megabyte of zeros delivered: TrailingBytes, counted exactly.
+        let mut raw = encode(&IdxArray { dims: vec![3], data: vec![1, 2, 3] });
+        raw.extend(std::iter::repeat_n(0u8, 1 << 20));
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(&raw).unwrap();
+        let gz = gz.finish().unwrap();
+        assert!(gz.len() < 10_000);
+        assert_eq!(parse(&gz), Err(IdxError::TrailingBytes(1 << 20)));
     }
 }
