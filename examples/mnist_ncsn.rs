@@ -5,15 +5,16 @@
 //! ```text
 //! cargo run --release --example mnist_ncsn                          # CPU, the short default run
 //! cargo run --release --example mnist_ncsn -- --data-dir ../shared/data/mnist
-//! cargo run --release --example mnist_ncsn -- --download            # fetch the training split
 //! cargo run --release --example mnist_ncsn --features wgpu -- --backend wgpu --preset paper
 //! cargo run --release --example mnist_ncsn -- --resume --steps 5000 # train on from the checkpoint
 //! cargo run --release --example mnist_ncsn -- --sample-only --samples 100
 //! ```
 //!
 //! The data directory is `--data-dir`, else `$SCOREFIELD_MNIST_DIR`, else `data/mnist`, holding
-//! the `train-*` files (or the `t10k-*` files: any split trains). Pixels are scaled to [0, 1]
-//! and dequantised as in the NCSN code, `x·255/256 + u/256`.
+//! the `train-*` files (or the `t10k-*` files: any split trains). If it holds neither, the
+//! training split is downloaded into it (MD5-checked; `--offline` forbids it); offline and with
+//! no directory named, the copy of the test split in `../shared/data/mnist` is used if present.
+//! Pixels are scaled to [0, 1] and dequantised as in the NCSN code, `x·255/256 + u/256`.
 //!
 //! Two presets:
 //! - `paper`: NCSN's schedule with this library's U-Net in its reference configuration (width
@@ -25,7 +26,9 @@
 //!
 //! Every setting can be overridden by its flag. Written under `--out` (default
 //! `out/mnist_ncsn`): `samples.png` (a grid of the final samples), `samples-step-<k>.png` at
-//! intervals, `losses.csv` (the mean loss per noise level, `LossLog`'s format) and
+//! intervals, `losses.csv` (the mean loss per noise level, `LossLog`'s format), `loss.png`
+//! (its mean over the levels against the step), `quality.txt` (the quality report, when the
+//! `mnist_classifier` example's classifier is saved) and
 //! `checkpoint/` (the whole training state, `Trainer::save`), from which `--resume` trains on
 //! bit for bit and `--sample-only` samples with the EMA weights.
 
@@ -40,6 +43,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use scorefield::data::mnist::{self, Mnist, MnistError, Split};
+use scorefield::data::plot;
 use scorefield::data::quality::{self, MnistClassifier};
 use scorefield::nn::{LossLog, NcsnUnet, NcsnUnetConfig, Trainer, TrainerConfig, read_checkpoint};
 use scorefield::objective::DenoisingScoreMatching;
@@ -69,11 +73,11 @@ struct Args {
     /// The MNIST directory [default: $SCOREFIELD_MNIST_DIR, else data/mnist].
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// If the data directory holds no MNIST files, download the training split into it
-    /// (HTTPS, MD5-checked).
+    /// Never download: if the data directory holds no MNIST files, fail (by default the
+    /// training split is downloaded into it, over HTTPS, MD5-checked).
     #[arg(long)]
-    download: bool,
-    /// Output directory: samples.png, losses.csv, checkpoint/.
+    offline: bool,
+    /// Output directory: samples.png, losses.csv, loss.png, quality.txt, checkpoint/.
     #[arg(long, default_value = "out/mnist_ncsn")]
     out: PathBuf,
     /// Seed of the initial weights, the batches, the noise and the samples [default: 0; with
@@ -233,15 +237,16 @@ fn run(args: Args) -> AnyResult<()> {
         let path = args.out.join("samples.png");
         let seed = args.seed.unwrap_or(trainer.config().seed);
         let samples = draw(trainer.ema(), &args, &settings, seed, &path, &device)?;
-        // The reference digits are optional here: without data, no quality report.
-        match load_data(&args) {
+        // The reference digits are optional here: without data, no quality report (and no
+        // download just for it).
+        match load_data(&args, false) {
             Ok(data) => report_quality(&args, samples, &data, &device)?,
             Err(e) => println!("no quality report: {e}"),
         }
         return Ok(());
     }
 
-    let data = load_data(&args)?;
+    let data = load_data(&args, true)?;
     println!("MNIST: {} {} images", data.len(), split_name(data.split));
 
     let mut trainer = if args.resume {
@@ -297,7 +302,7 @@ fn run(args: Args) -> AnyResult<()> {
         csv.extend(earlier_rows.iter().map(|row| format!("{row}\n")));
         csv.push_str(&body);
         scorefield::data::image::write_atomically(&csv_path, csv.as_bytes())?;
-        Ok(())
+        plot_losses(&csv, &args.out.join("loss.png"))
     };
 
     let start_step = trainer.steps();
@@ -384,6 +389,24 @@ fn report_quality(args: &Args, samples: Tensor<4>, data: &Mnist, device: &Device
     Ok(())
 }
 
+/// Plots the mean loss over all levels (the CSV's `all` rows) against the step, log scale.
+fn plot_losses(csv: &str, path: &Path) -> AnyResult<()> {
+    let curve: Vec<[f64; 2]> = csv
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            match fields[..] {
+                [step, "all", loss, ..] => Some([step.parse().ok()?, loss.parse().ok()?]),
+                _ => None,
+            }
+        })
+        .collect();
+    let title = "DSM loss, all levels";
+    plot::line_plot(&curve, (520, 320), true, plot::BLUE, title).save(path)?;
+    Ok(())
+}
+
 /// Whether step `k` is on the interval `every` (0: never).
 fn every(k: u64, every: u64) -> bool {
     every > 0 && k.is_multiple_of(every)
@@ -415,31 +438,48 @@ fn rows_up_to(path: &Path, step: u64) -> Vec<String> {
         .collect()
 }
 
-/// MNIST from the resolved directory; with `--download`, fetched first if it is not there.
-fn load_data(args: &Args) -> AnyResult<Mnist> {
+/// MNIST from the resolved directory. If it holds no MNIST files: the training split is
+/// downloaded into it (if `download` and not `--offline`), and if that fails and no directory was named, this
+/// repository's offline copy of the test split is used when it is there.
+fn load_data(args: &Args, download: bool) -> AnyResult<Mnist> {
     let dir = mnist::resolve_dir(args.data_dir.as_deref());
-    let hint = format!(
-        "hint: --download fetches the training split into {} (needs the network); offline, \
-         this repository's copy of the test split trains too: --data-dir {SHARED_MNIST} \
-         (from the repository root)",
-        dir.display()
-    );
-    match Mnist::load(&dir) {
-        Ok(data) => Ok(data),
-        Err(MnistError::NotFound { .. }) if args.download => {
-            println!("downloading the MNIST training split into {} ...", dir.display());
-            let started = Instant::now();
-            mnist::download(&dir, Split::Train).map_err(|e| {
-                format!(
-                    "{e}\nhint: this repository's copy of the test split: --data-dir {SHARED_MNIST}"
-                )
-            })?;
-            println!("downloaded in {:.1} s", started.elapsed().as_secs_f64());
-            Ok(Mnist::load(&dir)?)
+    let named = args.data_dir.is_some() || std::env::var_os(mnist::ENV_VAR).is_some();
+    let missing = match Mnist::load(&dir) {
+        Ok(data) => return Ok(data),
+        Err(e @ MnistError::NotFound { .. }) => e,
+        Err(e) => return Err(e.into()),
+    };
+    let mut reasons = vec![missing.to_string()];
+    if download && !args.offline {
+        println!(
+            "no MNIST in {}: downloading the training split (--offline: never)",
+            dir.display()
+        );
+        let started = Instant::now();
+        match mnist::download(&dir, Split::Train) {
+            Ok(_) => {
+                println!("downloaded in {:.1} s", started.elapsed().as_secs_f64());
+                return Ok(Mnist::load(&dir)?);
+            }
+            Err(e) => {
+                println!("download failed: {e}");
+                reasons.push(format!("download failed: {e}"));
+            }
         }
-        Err(e @ MnistError::NotFound { .. }) => Err(format!("{e}\n{hint}").into()),
-        Err(e) => Err(e.into()),
     }
+    let shared = Path::new(SHARED_MNIST);
+    if !named && let Ok(data) = Mnist::load(shared) {
+        println!("using the offline copy of the test split in {SHARED_MNIST}");
+        return Ok(data);
+    }
+    Err(format!(
+        "{}\nhint: put the MNIST files (train-* or t10k-*, gzip or raw) in {} or name their \
+         directory with --data-dir or ${}",
+        reasons.join("\n"),
+        dir.display(),
+        mnist::ENV_VAR
+    )
+    .into())
 }
 
 /// The trainer saved in `dir`, its model rebuilt from the saved configuration.
