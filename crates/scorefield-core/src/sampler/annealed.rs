@@ -22,8 +22,7 @@ use burn::tensor::Tensor;
 use rand::RngCore;
 
 use crate::error::{Error, Result, ensure_finite, ensure_positive};
-use crate::sampler::langevin::{check_init, noise_like};
-use crate::sampler::{Observer, SampleStep, Sampler, check_finite};
+use crate::sampler::{Observer, SampleStep, Sampler, check_finite, check_init, noise_like};
 use crate::schedule::{GeometricSigmas, NoiseSchedule};
 use crate::score::{NoiseLevel, ScoreModel};
 

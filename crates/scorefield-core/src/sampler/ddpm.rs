@@ -27,8 +27,7 @@ use burn::tensor::Tensor;
 use rand::RngCore;
 
 use crate::error::{Error, Result, ensure_finite, ensure_less};
-use crate::sampler::langevin::{check_init, noise_like};
-use crate::sampler::{Observer, SampleStep, Sampler, check_finite};
+use crate::sampler::{Observer, SampleStep, Sampler, check_finite, check_init, noise_like};
 use crate::schedule::{Ddpm, NoiseSchedule};
 use crate::score::{NoiseLevel, ScoreModel};
 

@@ -19,10 +19,9 @@ use burn::tensor::{Device, Tensor};
 use rand::RngCore;
 
 use crate::error::{Error, Result, ensure_finite, ensure_positive};
-use crate::random::standard_normal;
-use crate::sampler::{Observer, SampleStep, Sampler, check_finite};
+use crate::sampler::{Observer, SampleStep, Sampler, check_finite, check_init, noise_like};
 use crate::schedule::NoiseSchedule;
-use crate::score::{NoiseLevel, ScoreModel, check_batch};
+use crate::score::{NoiseLevel, ScoreModel};
 
 /// Langevin dynamics `x ← x + (α/2)·s(x, level) + √α·z` for a fixed number of steps at one
 /// fixed noise level (by default the clean level `t = 0`, `m = 1`, `σ = 0`).
@@ -146,32 +145,4 @@ impl<M: ScoreModel<D>, const D: usize> Sampler<M, D> for Langevin {
         }
         Ok(x)
     }
-}
-
-/// Checks a sampler's initial state and returns its batch size: a non-empty batch
-/// (`[B, ...]`, `B ≥ 1`) of the model's [`ScoreModel::sample_shape`] if it declares one
-/// ([`Error::ShapeMismatch`]), with finite values ([`Error::NonFinite`]).
-pub(crate) fn check_init<M: ScoreModel<D> + ?Sized, const D: usize>(
-    context: &'static str,
-    model: &M,
-    init: &Tensor<D>,
-) -> Result<usize> {
-    let dims = init.dims();
-    let batch = dims.first().copied().unwrap_or(0);
-    if batch == 0 {
-        return Err(Error::ShapeMismatch {
-            context,
-            expected: "a batch [B, ...] of at least one sample".into(),
-            got: format!("{dims:?}"),
-        });
-    }
-    let level = NoiseLevel::clean(batch, &init.device());
-    check_batch(context, init, model.sample_shape().as_deref(), &level)?;
-    check_finite(init, || format!("{context} initial state"))?;
-    Ok(batch)
-}
-
-/// `z ~ N(0, I)` of the shape, device and dtype of `x`, from the caller's `rng`.
-pub(crate) fn noise_like<const D: usize>(x: &Tensor<D>, rng: &mut dyn RngCore) -> Tensor<D> {
-    standard_normal(x.dims(), &x.device(), rng).cast(x.dtype())
 }

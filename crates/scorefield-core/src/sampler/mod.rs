@@ -21,6 +21,8 @@ use burn::tensor::Tensor;
 use rand::RngCore;
 
 use crate::error::{Error, Result};
+use crate::random::standard_normal;
+use crate::score::{NoiseLevel, ScoreModel, check_batch};
 
 /// One step of a sampler, as reported to an [`Observer`].
 #[derive(Debug)]
@@ -80,6 +82,34 @@ pub trait Sampler<M, const D: usize> {
 pub fn check_finite<const D: usize>(x: &Tensor<D>, context: impl FnOnce() -> String) -> Result<()> {
     let all_finite = x.clone().is_finite().all().into_scalar::<bool>();
     if all_finite { Ok(()) } else { Err(Error::NonFinite { context: context() }) }
+}
+
+/// Checks a sampler's initial state and returns its batch size: a non-empty batch
+/// (`[B, ...]`, `B ≥ 1`) of the model's [`ScoreModel::sample_shape`] if it declares one
+/// ([`Error::ShapeMismatch`]), with finite values ([`Error::NonFinite`]).
+pub(crate) fn check_init<M: ScoreModel<D> + ?Sized, const D: usize>(
+    context: &'static str,
+    model: &M,
+    init: &Tensor<D>,
+) -> Result<usize> {
+    let dims = init.dims();
+    let batch = dims.first().copied().unwrap_or(0);
+    if batch == 0 {
+        return Err(Error::ShapeMismatch {
+            context,
+            expected: "a batch [B, ...] of at least one sample".into(),
+            got: format!("{dims:?}"),
+        });
+    }
+    let level = NoiseLevel::clean(batch, &init.device());
+    check_batch(context, init, model.sample_shape().as_deref(), &level)?;
+    check_finite(init, || format!("{context} initial state"))?;
+    Ok(batch)
+}
+
+/// `z ~ N(0, I)` of the shape, device and dtype of `x`, from the caller's `rng`.
+pub(crate) fn noise_like<const D: usize>(x: &Tensor<D>, rng: &mut dyn RngCore) -> Tensor<D> {
+    standard_normal(x.dims(), &x.device(), rng).cast(x.dtype())
 }
 
 #[cfg(test)]

@@ -21,7 +21,9 @@
 //! `dσ(t)²/dt = 2 ln(σ_max/σ_min) σ(t)²`. The prior is `N(0, σ_max² I)`.
 
 use crate::error::{Error, Result, ensure_less, ensure_positive};
-use crate::schedule::{Marginal, NoiseSchedule, ensure_grid_len, linspace};
+use crate::schedule::{
+    Marginal, NoiseSchedule, ensure_grid_len, geometric_diffusion, geometric_sigma, linspace,
+};
 
 /// NCSN's geometric sequence of `L` noise levels from `σ_max` down to `σ_min`, embedded in
 /// continuous time `t ∈ [0, 1]` as `σ(t) = σ_min (σ_max/σ_min)^t` with marginal
@@ -71,7 +73,7 @@ impl GeometricSigmas {
 
     /// The continuous noise scale `σ(t) = σ_min (σ_max/σ_min)^t`.
     pub fn sigma(&self, t: f64) -> f64 {
-        self.sigma_min * (t * self.log_ratio()).exp()
+        geometric_sigma(self.sigma_min, self.sigma_max, t)
     }
 
     /// The `L` noise levels `exp(linspace(ln σ_max, ln σ_min, L))`, largest first; the first
@@ -90,11 +92,6 @@ impl GeometricSigmas {
     /// `t = 0`). Meaningful for `i < L`.
     pub fn time_of_level(&self, i: usize) -> f64 {
         1.0 - i as f64 / (self.levels - 1) as f64
-    }
-
-    /// `ln(σ_max/σ_min)`.
-    fn log_ratio(&self) -> f64 {
-        (self.sigma_max / self.sigma_min).ln()
     }
 }
 
@@ -116,7 +113,7 @@ impl NoiseSchedule for GeometricSigmas {
 
     /// `g(t) = σ(t) √(2 ln(σ_max/σ_min))`.
     fn diffusion(&self, t: f64) -> f64 {
-        self.sigma(t) * (2.0 * self.log_ratio()).sqrt()
+        geometric_diffusion(self.sigma_min, self.sigma_max, t)
     }
 
     /// `σ_max`.

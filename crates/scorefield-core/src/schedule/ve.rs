@@ -14,7 +14,9 @@
 //! `σ_min²`). Defaults (CIFAR-10): `σ_min = 0.01`, `σ_max = 50`, `ε = 1e-5`.
 
 use crate::error::{Result, ensure_less, ensure_positive};
-use crate::schedule::{Marginal, NoiseSchedule, ensure_grid_len, linspace};
+use crate::schedule::{
+    Marginal, NoiseSchedule, ensure_grid_len, geometric_diffusion, geometric_sigma, linspace,
+};
 
 /// The variance-exploding SDE `dx = σ(t) √(2 ln(σ_max/σ_min)) dw` with
 /// `σ(t) = σ_min (σ_max/σ_min)^t`, `t ∈ [ε, 1]`, and exact marginal
@@ -70,7 +72,7 @@ impl VeSde {
 
     /// `σ(t) = σ_min (σ_max/σ_min)^t` (score_sde's std, not the exact one).
     pub fn sigma(&self, t: f64) -> f64 {
-        self.sigma_min * (t * self.log_ratio()).exp()
+        geometric_sigma(self.sigma_min, self.sigma_max, t)
     }
 
     /// `ln(σ_max/σ_min)`.
@@ -98,7 +100,7 @@ impl NoiseSchedule for VeSde {
 
     /// `g(t) = σ(t) √(2 ln(σ_max/σ_min))`.
     fn diffusion(&self, t: f64) -> f64 {
-        self.sigma(t) * (2.0 * self.log_ratio()).sqrt()
+        geometric_diffusion(self.sigma_min, self.sigma_max, t)
     }
 
     /// `σ_max`.
