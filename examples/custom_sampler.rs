@@ -19,6 +19,9 @@
 //! (they compute the same thing, so rounding apart). Writes `out/custom_sampler/custom_sampler.png`: true samples, the custom
 //! sampler's and annealed Langevin's, side by side.
 
+#[path = "common/toy_run.rs"]
+mod toy_run;
+
 use std::error::Error;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -43,6 +46,7 @@ use scorefield::score::check_batch;
 use scorefield::{
     Error as SfError, NoiseLevel, NoiseSchedule, Observer, SampleStep, Sampler, ScoreModel,
 };
+use toy_run::RunInfo;
 
 // ---------------------------------------------------------------------------------------------
 // The custom sampler.
@@ -144,17 +148,6 @@ struct Args {
     /// Output directory.
     #[arg(long, default_value = "out/custom_sampler")]
     out: PathBuf,
-}
-
-/// `toy_2d`'s description of its checkpoint (the same fields as there).
-#[derive(Config, Debug)]
-struct RunInfo {
-    data: String,
-    objective: String,
-    step: u64,
-    sigma_min: f64,
-    sigma_max: f64,
-    levels: usize,
 }
 
 fn main() -> AnyResult<()> {

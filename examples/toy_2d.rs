@@ -27,6 +27,9 @@
 //! (`Trainer::save`) and `run.json` (what the checkpoint was trained on, read by the
 //! `custom_sampler` example).
 
+#[path = "common/toy_run.rs"]
+mod toy_run;
+
 use std::error::Error;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -48,6 +51,7 @@ use scorefield::objective::{
 use scorefield::sampler::{AnnealedLangevin, Langevin};
 use scorefield::schedule::GeometricSigmas;
 use scorefield::{NoiseLevel, NoiseSchedule, Objective, SampleStep, Sampler, ScoreJvp, ScoreModel};
+use toy_run::RunInfo;
 
 /// The data sets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -100,21 +104,6 @@ struct Args {
     /// Output directory.
     #[arg(long, default_value = "out/toy_2d")]
     out: PathBuf,
-}
-
-/// What `checkpoint/` was trained on; the `custom_sampler` example reads it.
-#[derive(Config, Debug)]
-struct RunInfo {
-    /// `ring` or `unequal`.
-    data: String,
-    /// `dsm`, `exact`, `sliced` or `sliced-vr`.
-    objective: String,
-    /// The step count of the checkpoint.
-    step: u64,
-    /// The noise levels of DSM (`GeometricSigmas::new(sigma_min, sigma_max, levels)`).
-    sigma_min: f64,
-    sigma_max: f64,
-    levels: usize,
 }
 
 /// The smallest noise level: a sixth of the ring's component std 0.3 (a twentieth of
