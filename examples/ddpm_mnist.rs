@@ -49,6 +49,9 @@
 //! estimate of each KL's expectation over `xₜ`, unbiased for the bound. The reverse variance
 //! is `σₜ² = βₜ` (DDPM's fixed-large choice).
 
+#[path = "common/mnist_args.rs"]
+mod mnist_args;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -56,11 +59,12 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+use mnist_args::MnistArgs;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::index::sample;
 use scorefield::data::image::grid;
-use scorefield::data::mnist::{self, Mnist};
+use scorefield::data::mnist::Mnist;
 use scorefield::data::quality::{self, MnistClassifier, QualityReport};
 use scorefield::nn::{NcsnUnet, NcsnUnetConfig, Trainer, TrainerConfig};
 use scorefield::objective::{EpsilonElbo, ModelVariance};
@@ -74,14 +78,8 @@ use scorefield::{
 /// Command-line options.
 #[derive(Parser)]
 struct Args {
-    /// The compute backend: flex, ndarray, wgpu or cuda (the last three need their cargo
-    /// feature).
-    #[arg(long, default_value = "flex")]
-    backend: String,
-    /// The MNIST directory (else $SCOREFIELD_MNIST_DIR, else data/mnist; the offline copy is
-    /// at ../shared/data/mnist).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    mnist: MnistArgs,
     /// Where to write the sample grids and the checkpoint.
     #[arg(long, default_value = "out/ddpm_mnist")]
     out: PathBuf,
@@ -210,9 +208,7 @@ fn save_grid(images: Tensor<4>, path: &Path) -> Result<(), Box<dyn std::error::E
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let device = scorefield::device(&args.backend)?;
-    let dir = mnist::resolve_dir(args.data_dir.as_deref());
-    let data = Mnist::load(&dir)?;
+    let (device, dir, data) = args.mnist.open()?;
     // The last 2,000 digits are held out: the bound is measured on them and they are the
     // reference of the quality report (on the test split, the classifier's held-out digits).
     let held_out_len = quality::CLASSIFIER_HELD_OUT.len();

@@ -11,12 +11,15 @@
 //! (`out/mnist_classifier/`: `classifier.json`, the configuration, and `classifier.bpk`, the
 //! parameters as a burnpack record).
 
+#[path = "common/mnist_args.rs"]
+mod mnist_args;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use scorefield::data::mnist::{self, Mnist};
+use mnist_args::MnistArgs;
 use scorefield::data::quality::{
     CLASSIFIER_HELD_OUT, CLASSIFIER_TRAIN, ClassifierTrainingConfig, MnistClassifierConfig,
     accuracy, train_classifier,
@@ -25,14 +28,8 @@ use scorefield::data::quality::{
 /// Command-line options.
 #[derive(Parser)]
 struct Args {
-    /// The compute backend: flex, ndarray, wgpu or cuda (the last three need their cargo
-    /// feature).
-    #[arg(long, default_value = "flex")]
-    backend: String,
-    /// The MNIST directory (else $SCOREFIELD_MNIST_DIR, else data/mnist; the offline copy is
-    /// at ../shared/data/mnist).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    mnist: MnistArgs,
     /// Where to save the classifier.
     #[arg(long, default_value = "out/mnist_classifier")]
     out: PathBuf,
@@ -52,9 +49,7 @@ struct Args {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let device = scorefield::device(&args.backend)?;
-    let dir = mnist::resolve_dir(args.data_dir.as_deref());
-    let data = Mnist::load(&dir)?;
+    let (device, dir, data) = args.mnist.open()?;
     println!("MNIST {:?} split: {} digits from {}", data.split, data.len(), dir.display());
     if data.len() < CLASSIFIER_HELD_OUT.end {
         return Err(format!("need {} digits, found {}", CLASSIFIER_HELD_OUT.end, data.len()).into());

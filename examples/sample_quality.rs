@@ -13,28 +13,25 @@
 //! `ddpm_mnist`, except for the split-in-two floor, which compares the held-out digits
 //! 8,000..9,000 with 9,000..10,000.
 
+#[path = "common/mnist_args.rs"]
+mod mnist_args;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::Parser;
+use mnist_args::MnistArgs;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use scorefield::data::mnist::{self, Mnist};
 use scorefield::data::quality::{self, CLASSIFIER_HELD_OUT, CLASSIFIER_TRAIN, MnistClassifier};
 use scorefield::random::standard_normal;
 
 /// Command-line options.
 #[derive(Parser)]
 struct Args {
-    /// The compute backend: flex, ndarray, wgpu or cuda (the last three need their cargo
-    /// feature).
-    #[arg(long, default_value = "flex")]
-    backend: String,
-    /// The MNIST directory (else $SCOREFIELD_MNIST_DIR, else data/mnist; the offline copy is
-    /// at ../shared/data/mnist).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    mnist: MnistArgs,
     /// The directory of the classifier saved by the mnist_classifier example.
     #[arg(long, default_value = "out/mnist_classifier")]
     classifier: PathBuf,
@@ -51,9 +48,7 @@ fn uniform_noise(n: usize, device: &Device, rng: &mut StdRng) -> Tensor<4> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let device = scorefield::device(&args.backend)?;
-    let dir = mnist::resolve_dir(args.data_dir.as_deref());
-    let data = Mnist::load(&dir)?;
+    let (device, dir, data) = args.mnist.open()?;
     if data.len() < CLASSIFIER_HELD_OUT.end {
         return Err(format!("need {} digits, found {}", CLASSIFIER_HELD_OUT.end, data.len()).into());
     }
