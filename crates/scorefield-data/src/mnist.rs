@@ -379,6 +379,14 @@ fn fetch(
     Err(MnistError::Download { file: file.into(), dir: dir.into(), attempts })
 }
 
+/// The official test split beside the repository (`../shared/data/mnist`), if that directory
+/// is there: the tests that need real digits run on it and are skipped without it.
+#[cfg(test)]
+pub(crate) fn shared_test_dir() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mnist");
+    dir.is_dir().then_some(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -442,11 +450,10 @@ mod tests {
     /// present: 10,000 digits with roughly balanced labels.
     #[test]
     fn reads_the_official_test_split_when_present() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mnist");
-        if !dir.is_dir() {
-            eprintln!("skipped: {} not present", dir.display());
+        let Some(dir) = shared_test_dir() else {
+            eprintln!("skipped: ../shared/data/mnist not present");
             return;
-        }
+        };
         let m = Mnist::load(&dir).unwrap();
         assert_eq!((m.split, m.len(), m.images.len()), (Split::Test, 10_000, 10_000 * 784));
         let mut counts = [0usize; 10];
@@ -454,13 +461,6 @@ mod tests {
             counts[l as usize] += 1;
         }
         assert_eq!(counts, [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]);
-    }
-
-    /// The official test split beside the repository, if present.
-    #[cfg(feature = "download")]
-    fn shared_dir() -> Option<PathBuf> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mnist");
-        dir.join("t10k-images-idx3-ubyte.gz").is_file().then_some(dir)
     }
 
     /// A one-thread HTTP/1.1 server on 127.0.0.1 answering `GET /<prefix>/<file>` from
@@ -534,7 +534,7 @@ mod tests {
         assert!(err.to_string().contains("corrupt"), "{err}");
         assert_eq!(checksum("train-images-idx3-ubyte.gz"), Some(CHECKSUMS[0].1));
         assert_eq!(checksum("README.md"), None);
-        let Some(dir) = shared_dir() else {
+        let Some(dir) = shared_test_dir() else {
             eprintln!("skipped the official files: ../shared/data/mnist not present");
             return;
         };
@@ -593,7 +593,7 @@ mod tests {
         assert!(err.to_string().contains("MD5"), "{err}");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing unverified written");
 
-        let Some(shared) = shared_dir() else {
+        let Some(shared) = shared_test_dir() else {
             eprintln!("skipped the successful download: ../shared/data/mnist not present");
             return std::fs::remove_dir_all(dir).unwrap();
         };

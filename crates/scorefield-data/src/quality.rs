@@ -833,11 +833,10 @@ mod tests {
     /// beats the 10% of chance by far on 500 others.
     #[test]
     fn brief_training_on_a_subset_beats_chance() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mnist");
-        if !dir.is_dir() {
-            eprintln!("skipped: {} not present", dir.display());
+        let Some(dir) = crate::mnist::shared_test_dir() else {
+            eprintln!("skipped: ../shared/data/mnist not present");
             return;
-        }
+        };
         let mnist = Mnist::load(&dir).unwrap();
         let dev = device();
         let train: Vec<usize> = (0..2_000).collect();
