@@ -23,6 +23,7 @@
 mod toy_run;
 
 use std::error::Error;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -106,7 +107,10 @@ impl<S: NoiseSchedule, M: ScoreModel<D>, const D: usize> Sampler<M, D> for HeunF
             check_finite(&x, || format!("HeunFlow step {step} (t = {t_next})"))?;
             let sigma = self.schedule.marginal(t_next).std;
             let total = self.steps;
-            observer.on_step(&SampleStep { step, total, t: t_next, sigma, x: &x })?;
+            let report = SampleStep { step, total, t: t_next, sigma, x: &x, denoised: None };
+            if observer.on_step(&report).is_break() {
+                break;
+            }
         }
         Ok(x)
     }
@@ -321,7 +325,7 @@ fn run<S: Sampler<ScoreMlp, 2>>(
     let mut observer = |s: &SampleStep<'_, 2>| {
         progress.set_length(s.total as u64);
         progress.set_position(s.step as u64 + 1);
-        Ok(())
+        ControlFlow::Continue(())
     };
     let x = sampler.sample(model, init, rng, &mut observer)?;
     progress.finish_and_clear();

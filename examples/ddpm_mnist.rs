@@ -52,6 +52,7 @@
 #[path = "common/mnist_args.rs"]
 mod mnist_args;
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -191,7 +192,7 @@ fn draw<S: Sampler<FromEpsilon<EpsilonUnet>, 4>>(
     let mut observer = |s: &SampleStep<'_, 4>| {
         progress.set_length(s.total as u64);
         progress.set_position(s.step as u64 + 1);
-        Ok(())
+        ControlFlow::Continue(())
     };
     let x = sampler.sample(model, init, rng, &mut observer)?;
     progress.finish();

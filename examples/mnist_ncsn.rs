@@ -32,6 +32,7 @@
 //! `checkpoint/` (the whole training state, `Trainer::save`), from which `--resume` trains on
 //! bit for bit and `--sample-only` samples with the EMA weights.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -514,11 +515,11 @@ fn draw(
     let bar = ProgressBar::new(0);
     bar.set_style(style("sample")?);
     let started = Instant::now();
-    let mut observer = |step: &SampleStep<'_, 4>| -> scorefield::Result<()> {
+    let mut observer = |step: &SampleStep<'_, 4>| {
         bar.set_length(step.total as u64);
         bar.set_position(step.step as u64 + 1);
         bar.set_message(format!("σ {:.3}", step.sigma));
-        Ok(())
+        ControlFlow::Continue(())
     };
     let x = sampler.sample(model, init, &mut rng, &mut observer)?;
     bar.finish();

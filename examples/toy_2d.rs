@@ -31,6 +31,7 @@
 mod toy_run;
 
 use std::error::Error;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -347,7 +348,7 @@ fn run_sampler<M, S: Sampler<M, 2>>(
     let mut observer = |s: &SampleStep<'_, 2>| {
         bar.set_length(s.total as u64);
         bar.set_position(s.step as u64 + 1);
-        Ok(())
+        ControlFlow::Continue(())
     };
     let x = sampler.sample(model, init, rng, &mut observer)?;
     bar.finish_and_clear();

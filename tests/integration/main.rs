@@ -3,11 +3,15 @@
 //! - `schedules`: every schedule against its SDE (variance ODE) and DDPM against the VP SDE.
 //! - `analytic`: the oracles against finite differences, quadrature and their own samples.
 //! - `device`: run-time backend selection.
+//! - `fast_samplers`: the step-and-driver solvers against the closed-form Gaussian flow
+//!   (convergence orders), exact mixture samples, per-sample noise; typed errors.
 //! - `objectives`: every objective against closed-form minimisers, the Fisher divergence,
 //!   Monte Carlo and the DDPM bound's closed forms; typed errors.
 //! - `samplers`: every sampler against true samples with the exact oracles, the mode-weight
 //!   experiment, typed errors, the observer and seeding.
+//! - `solver_refs`: one run of each solver against k-diffusion's and diffusers' values.
 //! - `backends`: the same computations on ndarray and wgpu agree with flex (feature-gated).
+//! - `params`: the parameterisation modules against the exact score, EDM's loss, training.
 //! - `ode_likelihood`: the probability-flow ODE and its log-likelihood against exact oracles.
 //! - `train`: the trainer in f32: DSM on a tiny MNIST subset, bit-identical resume.
 
@@ -15,9 +19,12 @@ mod analytic;
 mod backends;
 mod common;
 mod device;
+mod fast_samplers;
 mod objectives;
 mod ode_likelihood;
+mod params;
 mod samplers;
 mod schedules;
+mod solver_refs;
 mod stats;
 mod train;

@@ -8,6 +8,7 @@
 //! times, on every schedule.
 
 use std::cell::Cell;
+use std::ops::ControlFlow;
 
 use burn::tensor::{DType, Tensor, TensorData};
 use rand::SeedableRng;
@@ -168,7 +169,7 @@ fn observer_sees_every_step_from_t_max_to_eps() {
         let mut observer = |s: &SampleStep<'_, 2>| {
             assert_eq!(s.x.dims(), [8, 2]);
             seen.push((s.step, s.total, s.t, s.sigma));
-            Ok(())
+            ControlFlow::Continue(())
         };
         let (_, stats) = pf.sample_with_stats(&m, init.clone(), &mut observer).unwrap();
         assert_eq!(seen.len(), stats.steps);
@@ -179,11 +180,13 @@ fn observer_sees_every_step_from_t_max_to_eps() {
         assert_eq!(last.1, stats.steps, "the last step knows the total");
         assert_eq!(last.3, vp().marginal(1e-3).std);
     }
-    // An observer's error stops the solve and is returned.
+    // An observer's break stops the solve after that step, without an error.
     let pf = ProbabilityFlow::new(vp(), OdeSolver::Euler { steps: 10 }).unwrap();
-    let stop = Error::NonFinite { context: "stop".into() };
-    let mut observer = |s: &SampleStep<'_, 2>| if s.step == 3 { Err(stop.clone()) } else { Ok(()) };
-    assert_eq!(pf.sample_with_stats(&m, init, &mut observer).unwrap_err(), stop);
+    let mut observer = |s: &SampleStep<'_, 2>| {
+        if s.step == 3 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    };
+    let (_, stats) = pf.sample_with_stats(&m, init, &mut observer).unwrap();
+    assert_eq!(stats.steps, 4);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -470,7 +473,7 @@ fn ddim_at_step_one<M: ScoreModel<2>>(
         if s.t == 1.0 {
             at_one = Some(values(s.x.clone()));
         }
-        Ok(())
+        ControlFlow::Continue(())
     };
     let init = f64_tensor(x_t, [x_t.len() / 2, 2], &flex());
     ddim.sample(model, init, &mut StdRng::seed_from_u64(0), &mut observer).unwrap();

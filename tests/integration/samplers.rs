@@ -13,6 +13,7 @@ use scorefield::sampler::{
 use scorefield::schedule::{Ddpm, GeometricSigmas, SubVpSde, VeSde, VpSde};
 use scorefield::score::{DenoiserModel, EpsilonModel, FromDenoiser, FromEpsilon, per_sample};
 use scorefield::{Error, NoiseLevel, NoiseSchedule, SampleStep, Sampler, ScoreModel};
+use std::ops::ControlFlow;
 
 use crate::common::{f64_tensor, flex, values};
 use crate::stats::{
@@ -446,7 +447,7 @@ fn a_diverging_sampler_stops_with_the_step_in_the_error() {
     let mut seen = 0;
     let mut observer = |_: &SampleStep<'_, 2>| {
         seen += 1;
-        Ok(())
+        ControlFlow::Continue(())
     };
     let init = gaussian_init(8, 1.0, 1);
     let err = sampler.sample(&gaussian_data(), init, &mut rng(2), &mut observer).unwrap_err();
@@ -475,7 +476,7 @@ fn the_observer_sees_every_step_and_can_stop_the_sampler() {
             assert_eq!(s.x.dims(), [16, 2]);
             steps.push(s.step);
             times.push(s.t);
-            Ok(())
+            ControlFlow::Continue(())
         };
         sampler.sample(&model, gaussian_init(16, 1.0, 1), &mut rng(2), &mut observer).unwrap();
         assert_eq!(steps, (0..want).collect::<Vec<_>>(), "{name}");
@@ -484,11 +485,14 @@ fn the_observer_sees_every_step_and_can_stop_the_sampler() {
             "{name}: time must not increase: {times:?}"
         );
 
+        // Breaking after step 2 returns the state reached there, without an error.
+        let mut last = None;
         let mut stop = |s: &SampleStep<'_, 2>| {
-            if s.step == 2 { Err(Error::NonFinite { context: "stop".into() }) } else { Ok(()) }
+            last = Some(values(s.x.clone()));
+            if s.step == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
         };
-        let err = sampler.sample(&model, gaussian_init(16, 1.0, 1), &mut rng(2), &mut stop);
-        assert_eq!(err.unwrap_err(), Error::NonFinite { context: "stop".into() }, "{name}");
+        let x = sampler.sample(&model, gaussian_init(16, 1.0, 1), &mut rng(2), &mut stop);
+        assert_eq!(Some(values(x.unwrap())), last, "{name}");
     }
 }
 
@@ -634,7 +638,10 @@ mod momentum {
                 // Stop with a typed error as soon as the state is not finite.
                 check_finite(&x, || format!("momentum Langevin step {step}"))?;
                 let total = self.steps;
-                observer.on_step(&SampleStep { step, total, t: 0.0, sigma: 0.0, x: &x })?;
+                let report = SampleStep { step, total, t: 0.0, sigma: 0.0, x: &x, denoised: None };
+                if observer.on_step(&report).is_break() {
+                    break;
+                }
             }
             Ok(x)
         }
@@ -658,17 +665,68 @@ fn the_custom_sampler_of_the_guide_samples_its_target() {
     assert!(matches!(err, Error::InvalidParameter { name: "step", .. }));
 }
 
-#[test]
-fn the_guide_shows_the_tested_custom_sampler() {
-    let source = include_str!("samplers.rs");
-    let guide = include_str!("../../docs/custom_sampler.md");
+/// The code between `// custom_sampler.md: begin` and `// custom_sampler.md: end` in `source`,
+/// dedented by four spaces.
+fn guide_region(source: &str) -> String {
     let begin = source.find("// custom_sampler.md: begin\n").unwrap();
     let end = source.find("    // custom_sampler.md: end").unwrap();
     let body = &source[begin + "// custom_sampler.md: begin\n".len()..end];
-    let dedented: String =
-        body.lines().map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l))).collect();
-    assert!(
-        guide.contains(&dedented),
-        "docs/custom_sampler.md must contain the MomentumLangevin code of tests/integration/samplers.rs verbatim:\n{dedented}"
+    body.lines().map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l))).collect()
+}
+
+/// The bodies of the guide's compiled code blocks (fenced with exactly "```rust").
+fn rust_blocks(markdown: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in markdown.lines() {
+        match current.as_mut() {
+            None if line == "```rust" => current = Some(String::new()),
+            Some(block) if line == "```" => blocks.push(std::mem::take(block)),
+            Some(block) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            None => {}
+        }
+        if line == "```" && current.as_ref().is_some_and(String::is_empty) {
+            current = None;
+        }
+    }
+    blocks
+}
+
+#[test]
+fn the_guide_shows_the_tested_custom_samplers_line_for_line() {
+    let guide = include_str!("../../docs/custom_sampler.md");
+    let blocks = rust_blocks(guide);
+    // In the guide's order: the custom step, then the custom sampler.
+    let tested = [
+        ("fast_samplers.rs", guide_region(include_str!("fast_samplers.rs"))),
+        ("samplers.rs", guide_region(include_str!("samplers.rs"))),
+    ];
+    assert_eq!(
+        blocks.len(),
+        tested.len(),
+        "docs/custom_sampler.md: one ```rust block per tested module"
     );
+    for ((file, code), block) in tested.iter().zip(&blocks) {
+        if code != block {
+            let diff = code.lines().zip(block.lines()).position(|(a, b)| a != b);
+            panic!(
+                "docs/custom_sampler.md and tests/integration/{file} differ (first differing line {diff:?}; \
+                 {} lines vs {})",
+                code.lines().count(),
+                block.lines().count()
+            );
+        }
+    }
+}
+
+#[test]
+fn the_guide_test_catches_a_one_line_difference() {
+    let code = "fn a() {}\nfn b() {}\n";
+    let guide = format!("text\n```rust\n{code}```\nmore\n```rust,ignore\nx\n```\n");
+    assert_eq!(rust_blocks(&guide), [code]);
+    let changed = guide.replace("fn b() {}", "fn c() {}");
+    assert_ne!(rust_blocks(&changed), [code]);
 }

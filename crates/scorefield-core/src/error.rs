@@ -34,6 +34,17 @@ pub enum Error {
         /// The shape that was passed, formatted.
         got: String,
     },
+    /// A tensor has another element type than the computation it enters (an f64 batch given
+    /// to an f32 model, a model whose output dtype differs from its input's).
+    #[error("dtype mismatch in {context}: expected {expected}, got {got}")]
+    DTypeMismatch {
+        /// Where the mismatch was detected.
+        context: &'static str,
+        /// The expected dtype, formatted.
+        expected: String,
+        /// The dtype that was passed, formatted.
+        got: String,
+    },
     /// A value that must be finite is NaN or infinite (input data, or a sampler that diverged).
     #[error("non-finite value in {context}")]
     NonFinite {

@@ -36,6 +36,7 @@ pub mod error;
 pub mod jvp;
 pub mod likelihood;
 pub mod objective;
+pub mod param;
 pub mod random;
 pub mod sampler;
 pub mod schedule;

@@ -28,11 +28,10 @@ use rand::{Rng, RngCore};
 use crate::error::{Error, Result, ensure_finite};
 use crate::random::{rademacher, standard_normal};
 use crate::sampler::ode::{
-    Direction, OdeSolver, SolveStats, Stage, check_input, check_output_shape, flat_dims, integrate,
-    velocity_from_score,
+    Direction, OdeSolver, SolveStats, Stage, check_input, flat_dims, integrate, velocity_from_score,
 };
 use crate::schedule::NoiseSchedule;
-use crate::score::{NoiseLevel, ScoreJvp, ScoreModel};
+use crate::score::{NoiseLevel, ScoreJvp, ScoreModel, check_output};
 
 /// The distribution of Hutchinson probes `v`, both with `E[v vᵀ] = I`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +86,7 @@ impl<const D: usize, M: ScoreJvp<D>> JacobianProbe<D> for M {
         u: Tensor<D>,
     ) -> Result<(Tensor<D>, Tensor<1>)> {
         let (score, jvp) = self.score_jvp_many(x, level, u.clone());
-        check_output_shape(&jvp, &u)?;
+        check_output("score model output", &jvp, &u)?;
         Ok((score, row_dot(jvp, u)))
     }
 }
@@ -126,7 +125,7 @@ impl<const D: usize, M: ScoreModel<D>> JacobianProbe<D> for Vjp<M> {
         let leaf = x.inner().repeat_dim(0, k).autodiff().require_grad();
         let u = u.inner();
         let score = self.0.score(leaf.clone(), &level.tile(k));
-        check_output_shape(&score, &leaf)?;
+        check_output("score model output", &score, &leaf)?;
         let projection = score.clone().mul(u.clone()).sum();
         let not_differentiable = || {
             Error::invalid(
@@ -240,7 +239,7 @@ where
         let x = y.narrow(1, 0, n).reshape(shape);
         let level = NoiseLevel::constant(schedule, at.t, b, &device);
         let (score, quad) = model.score_and_quadratic_forms(x.clone(), &level, probes.clone())?;
-        check_output_shape(&score, &x)?;
+        check_output("score model output", &score, &x)?;
         if quad.dims() != [k * b] {
             return Err(Error::ShapeMismatch {
                 context: "JacobianProbe quadratic forms",
@@ -259,7 +258,9 @@ where
         vec![x.clone().reshape([b, n]), Tensor::zeros([b, 1], (&device, x.dtype()))],
         1,
     );
-    let (y, stats) = integrate(solver, schedule, Direction::ToPrior, y0, rhs, |_, _, _, _| Ok(()))?;
+    let (y, stats) = integrate(solver, schedule, Direction::ToPrior, y0, rhs, |_, _, _, _| {
+        core::ops::ControlFlow::Continue(())
+    })?;
     let latent = y.clone().narrow(1, 0, n).reshape(shape);
     let delta_log_prob = y.narrow(1, n, 1).reshape([b]);
     let prior_log_prob = schedule.prior_log_prob(latent.clone());

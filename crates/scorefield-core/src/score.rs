@@ -306,6 +306,30 @@ pub fn check_batch<const D: usize>(
     Ok(())
 }
 
+/// Checks that a model's output `out` has the shape and dtype of its input `x`
+/// ([`Error::ShapeMismatch`], [`Error::DTypeMismatch`], both naming the two sides).
+pub fn check_output<const D: usize>(
+    context: &'static str,
+    out: &Tensor<D>,
+    x: &Tensor<D>,
+) -> Result<()> {
+    if out.dims() != x.dims() {
+        return Err(Error::ShapeMismatch {
+            context,
+            expected: format!("{:?} (the shape of the input)", x.dims()),
+            got: format!("{:?}", out.dims()),
+        });
+    }
+    if out.dtype() != x.dtype() {
+        return Err(Error::DTypeMismatch {
+            context,
+            expected: format!("{:?} (the dtype of the input)", x.dtype()),
+            got: format!("{:?}", out.dtype()),
+        });
+    }
+    Ok(())
+}
+
 fn join(dims: &[usize]) -> String {
     dims.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }

@@ -16,6 +16,7 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::{silu, softplus};
 use burn::tensor::{Device, Tensor};
+use scorefield_core::param::Network;
 use scorefield_core::{NoiseLevel, ScoreJvp, ScoreModel};
 
 use crate::dual::Dual;
@@ -203,8 +204,9 @@ impl ScoreMlp {
     }
 }
 
-impl ScoreModel<2> for ScoreMlp {
-    fn score(&self, x: Tensor<2>, level: &NoiseLevel) -> Tensor<2> {
+impl ScoreMlp {
+    /// The output layer's value, before the optional `1/σ`.
+    fn raw(&self, x: Tensor<2>, level: &NoiseLevel) -> Tensor<2> {
         let terms = self.embedding_terms(level);
         let mut h = self.input.forward(x);
         if let Some(p) = terms.first() {
@@ -216,11 +218,29 @@ impl ScoreModel<2> for ScoreMlp {
                 h = h.add(p.clone());
             }
         }
-        let out = self.output.forward(self.activation.apply(h));
+        self.output.forward(self.activation.apply(h))
+    }
+}
+
+impl ScoreModel<2> for ScoreMlp {
+    fn score(&self, x: Tensor<2>, level: &NoiseLevel) -> Tensor<2> {
+        let out = self.raw(x, level);
         match self.output_scale(level) {
             Some(scale) => out.mul(scale),
             None => out,
         }
+    }
+
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        Some(vec![self.dim()])
+    }
+}
+
+/// The output layer's value without the `1/σ` of `scale_by_sigma`, for the
+/// parameterisations of [`scorefield_core::param`].
+impl Network<2> for ScoreMlp {
+    fn forward(&self, x: Tensor<2>, level: &NoiseLevel) -> Tensor<2> {
+        self.raw(x, level)
     }
 
     fn sample_shape(&self) -> Option<Vec<usize>> {
@@ -303,7 +323,7 @@ mod tests {
         let json = format!("{config}").replace([' ', '\n'], "");
         assert!(json.contains("\"hidden\":32"), "{json}");
         let mlp = config.init(&device());
-        assert_eq!(mlp.sample_shape(), Some(vec![2]));
+        assert_eq!(ScoreModel::sample_shape(&mlp), Some(vec![2]));
         assert_eq!(mlp.score(normal([7, 2], 5), &level(7)).dims(), [7, 2]);
     }
 }

@@ -21,6 +21,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
+use scorefield_core::param::Network;
 use scorefield_core::{NoiseLevel, ScoreJvp, ScoreModel};
 
 use crate::dual::{Dual, upsample_nearest};
@@ -203,8 +204,11 @@ impl NcsnUnet {
     }
 }
 
-impl ScoreModel<4> for NcsnUnet {
-    fn score(&self, x: Tensor<4>, level: &NoiseLevel) -> Tensor<4> {
+/// The raw U-Net output `u(x, ln σ)` (the score without its `1/σ`), for the
+/// parameterisations of [`scorefield_core::param`] (ε-, x₀-, v-prediction, EDM
+/// preconditioning).
+impl Network<4> for NcsnUnet {
+    fn forward(&self, x: Tensor<4>, level: &NoiseLevel) -> Tensor<4> {
         let e = self.embed(level);
         let h1 = self.res1.forward(self.conv_in.forward(x), &e);
         let h2 = self.res2.forward(self.down1.forward(h1.clone()), &e);
@@ -213,8 +217,18 @@ impl ScoreModel<4> for NcsnUnet {
         let u = self.res_up1.forward(Tensor::cat(vec![u, h2], 1), &e);
         let u = self.up2.forward(upsample_nearest(u, 2));
         let u = self.res_up2.forward(Tensor::cat(vec![u, h1], 1), &e);
-        let out = self.conv_out.forward(silu(self.norm_out.forward(u)));
-        out.mul(Self::inv_sigma(level))
+        self.conv_out.forward(silu(self.norm_out.forward(u)))
+    }
+
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        Some(vec![self.channels, 28, 28])
+    }
+}
+
+impl ScoreModel<4> for NcsnUnet {
+    /// `s = u(x, ln σ)/σ`.
+    fn score(&self, x: Tensor<4>, level: &NoiseLevel) -> Tensor<4> {
+        Network::forward(self, x, level).mul(Self::inv_sigma(level))
     }
 
     fn sample_shape(&self) -> Option<Vec<usize>> {

@@ -16,6 +16,12 @@
 //! | `Unit` | 1 | `½‖s + z/σ‖²` (Vincent; default of [`DenoisingScoreMatching::single`]) |
 //! | `Variance` | `σ²` | `½‖σ s + z‖²` (NCSN, score SDE default) |
 //! | `Likelihood` | `g(t)²` | `½ (g²/σ²)‖σ s + z‖²` (bounds the NLL, Song et al. 2021) |
+//! | `Edm` | `σ⁴·(σ² + σ_d²)/(σ·σ_d)²` | `½ (σ² + σ_d²)/σ_d²·‖σ s + z‖² = ½ λ_EDM‖D − x₀‖²` (Karras et al. 2022) |
+//!
+//! [`DenoisingScoreMatching::edm`] is EDM's training: `ln σ ~ N(P_mean, P_std²)` per sample
+//! (no schedule: `t = σ`, `m = 1`, EDM's σ-parameterisation) with the `Edm` weighting, under
+//! which the loss is half EDM's `λ(σ)‖D(x₀ + σz; σ) − x₀‖²`, `λ(σ) = (σ² + σ_d²)/(σ·σ_d)²`,
+//! since `D − x₀ = σ²·s + σ·z = σ·(σ s + z)` for the denoiser `D = x + σ²·s`.
 //!
 //! The level of each sample is drawn on the host from the objective's `rng`
 //! ([`LevelSampling`]): uniformly (an index of the discrete levels, or `t ~ U(t_min, t_max)`),
@@ -55,6 +61,7 @@ use burn::tensor::Tensor;
 use rand::distr::Distribution;
 use rand::distr::weighted::WeightedIndex;
 use rand::{Rng, RngCore};
+use rand_distr::StandardNormal;
 
 use super::exact::{check_data, host_column, squared_norm};
 use super::{LossOutput, Objective};
@@ -73,6 +80,9 @@ pub enum Weighting {
     /// `λ = g(t)²`, the diffusion coefficient squared: the likelihood weighting, under which
     /// the continuous-time loss bounds the negative log-likelihood.
     Likelihood,
+    /// EDM's `λ(σ)‖D − x₀‖²` with `λ = (σ² + σ_d²)/(σ·σ_d)²`: per sample
+    /// `½ (σ² + σ_d²)/σ_d²·‖σ s + z‖²` (`σ_d` from [`DenoisingScoreMatching::edm`]).
+    Edm,
 }
 
 /// How the noise level of each sample is drawn.
@@ -99,7 +109,15 @@ struct Level {
 #[derive(Clone)]
 enum Levels {
     Discrete(Vec<Level>),
-    Continuous { schedule: Arc<dyn NoiseSchedule + Send + Sync>, range: (f64, f64) },
+    Continuous {
+        schedule: Arc<dyn NoiseSchedule + Send + Sync>,
+        range: (f64, f64),
+    },
+    /// `ln σ ~ N(p_mean, p_std²)`, `t = σ`, `m = 1`.
+    LogNormal {
+        p_mean: f64,
+        p_std: f64,
+    },
 }
 
 /// Denoising score matching: per sample `½ (λ/σ²)‖σ·s_θ(m·x₀ + σ·z, t) + z‖²` (times an
@@ -109,6 +127,7 @@ pub struct DenoisingScoreMatching {
     levels: Levels,
     weighting: Weighting,
     sampling: LevelSampling,
+    sigma_data: f64,
 }
 
 impl DenoisingScoreMatching {
@@ -122,6 +141,7 @@ impl DenoisingScoreMatching {
             levels: Levels::Discrete(vec![level]),
             weighting: Weighting::Unit,
             sampling: LevelSampling::Uniform,
+            sigma_data: 0.5,
         })
     }
 
@@ -145,6 +165,7 @@ impl DenoisingScoreMatching {
             levels: Levels::Discrete(levels),
             weighting: Weighting::Variance,
             sampling: LevelSampling::Uniform,
+            sigma_data: 0.5,
         })
     }
 
@@ -161,6 +182,25 @@ impl DenoisingScoreMatching {
             levels: Levels::Continuous { schedule: Arc::new(schedule), range: (lo, hi) },
             weighting: Weighting::Variance,
             sampling: LevelSampling::Uniform,
+            sigma_data: 0.5,
+        })
+    }
+
+    /// EDM's training loss (Karras et al. 2022): `ln σ ~ N(P_mean, P_std²)` per sample, the
+    /// model at `t = σ`, `m = 1` (the σ-parameterisation), and the [`Weighting::Edm`] of data
+    /// with standard deviation `σ_data`. EDM: `P_mean = −1.2`, `P_std = 1.2`, `σ_data = 0.5`.
+    ///
+    /// Errors with [`Error::InvalidParameter`] unless `P_mean` is finite and `P_std`,
+    /// `σ_data` are finite and `> 0`.
+    pub fn edm(p_mean: f64, p_std: f64, sigma_data: f64) -> Result<Self> {
+        ensure_finite("p_mean", p_mean)?;
+        ensure_positive("p_std", p_std)?;
+        ensure_positive("sigma_data", sigma_data)?;
+        Ok(Self {
+            levels: Levels::LogNormal { p_mean, p_std },
+            weighting: Weighting::Edm,
+            sampling: LevelSampling::Uniform,
+            sigma_data,
         })
     }
 
@@ -190,6 +230,10 @@ impl DenoisingScoreMatching {
             Weighting::Unit => 1.0 / (level.std * level.std),
             Weighting::Variance => 1.0,
             Weighting::Likelihood => level.g2 / (level.std * level.std),
+            Weighting::Edm => {
+                let sd2 = self.sigma_data * self.sigma_data;
+                (level.std * level.std + sd2) / sd2
+            }
         }
     }
 
@@ -208,6 +252,14 @@ impl DenoisingScoreMatching {
                 })?;
                 Ok((0..b).map(|_| (levels[pick.sample(rng)], mean)).collect())
             }
+            (Levels::LogNormal { p_mean, p_std }, _) => Ok((0..b)
+                .map(|_| {
+                    let n: f64 = StandardNormal.sample(&mut *rng);
+                    let sigma = (p_mean + p_std * n).exp();
+                    let l = Level { t: sigma, scale: 1.0, std: sigma, g2: 2.0 * sigma };
+                    (l, self.coefficient(&l))
+                })
+                .collect()),
             (Levels::Continuous { schedule, range: (lo, hi) }, sampling) => {
                 let uniform = |rng: &mut dyn RngCore| lo + rng.random::<f64>() * (hi - lo);
                 let importance = sampling == LevelSampling::Importance;
@@ -237,7 +289,7 @@ impl DenoisingScoreMatching {
                             })
                             .collect()
                     }
-                    (true, Weighting::Unit) => Err(Error::invalid(
+                    (true, Weighting::Unit | Weighting::Edm) => Err(Error::invalid(
                         "sampling",
                         "Importance",
                         "continuous-time importance sampling needs Likelihood or Variance weighting",
@@ -285,6 +337,9 @@ impl fmt::Debug for DenoisingScoreMatching {
                 s.field("sigmas", &levels.iter().map(|l| l.std).collect::<Vec<_>>())
             }
             Levels::Continuous { range, .. } => s.field("continuous_time_range", range),
+            Levels::LogNormal { p_mean, p_std } => {
+                s.field("log_normal", &(p_mean, p_std)).field("sigma_data", &self.sigma_data)
+            }
         };
         s.field("weighting", &self.weighting).field("sampling", &self.sampling).finish()
     }

@@ -146,7 +146,12 @@ impl<S: NoiseSchedule, M: ScoreModel<D>, const D: usize> Sampler<M, D> for Annea
                 let z = noise_like(&x, rng);
                 x = x + s.mul_scalar(alpha / 2.0) + z.mul_scalar(alpha.sqrt());
                 check_finite(&x, || format!("annealed Langevin step {step} (σ = {sigma})"))?;
-                observer.on_step(&SampleStep { step, total, t, sigma, x: &x })?;
+                if observer
+                    .on_step(&SampleStep { step, total, t, sigma, x: &x, denoised: None })
+                    .is_break()
+                {
+                    return Ok(x);
+                }
                 step += 1;
             }
         }
@@ -157,7 +162,12 @@ impl<S: NoiseSchedule, M: ScoreModel<D>, const D: usize> Sampler<M, D> for Annea
             let s = model.score(x.clone(), &level);
             x = (x + s.mul_scalar(sigma_l * sigma_l)).div_scalar(m_l); // (x + σ_L² s)/m_L
             check_finite(&x, || format!("annealed Langevin step {step} (final denoising)"))?;
-            observer.on_step(&SampleStep { step, total, t: 0.0, sigma: 0.0, x: &x })?;
+            if observer
+                .on_step(&SampleStep { step, total, t: 0.0, sigma: 0.0, x: &x, denoised: None })
+                .is_break()
+            {
+                return Ok(x);
+            }
         }
         Ok(x)
     }

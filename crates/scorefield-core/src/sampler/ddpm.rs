@@ -124,7 +124,12 @@ impl<M: ScoreModel<D>, const D: usize> Sampler<M, D> for DdpmAncestral {
             };
             check_finite(&x, || format!("DDPM ancestral step {step} (t = {t})"))?;
             let (t, sigma) = (t as f64 - 1.0, level_sigma(d, t - 1));
-            observer.on_step(&SampleStep { step, total, t, sigma, x: &x })?;
+            if observer
+                .on_step(&SampleStep { step, total, t, sigma, x: &x, denoised: None })
+                .is_break()
+            {
+                return Ok(x);
+            }
         }
         Ok(x)
     }
@@ -241,7 +246,12 @@ impl<M: ScoreModel<D>, const D: usize> Sampler<M, D> for Ddim {
             }
             check_finite(&x, || format!("DDIM step {step} (t = {t} → {s})"))?;
             let (t, sigma) = (s as f64, omab_s.sqrt());
-            observer.on_step(&SampleStep { step, total, t, sigma, x: &x })?;
+            if observer
+                .on_step(&SampleStep { step, total, t, sigma, x: &x, denoised: None })
+                .is_break()
+            {
+                return Ok(x);
+            }
         }
         Ok(x)
     }

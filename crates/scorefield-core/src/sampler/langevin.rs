@@ -141,7 +141,12 @@ impl<M: ScoreModel<D>, const D: usize> Sampler<M, D> for Langevin {
             }
             check_finite(&x, || format!("Langevin step {step}"))?;
             let (t, sigma, total) = (self.t, self.sigma, self.steps);
-            observer.on_step(&SampleStep { step, total, t, sigma, x: &x })?;
+            if observer
+                .on_step(&SampleStep { step, total, t, sigma, x: &x, denoised: None })
+                .is_break()
+            {
+                return Ok(x);
+            }
         }
         Ok(x)
     }

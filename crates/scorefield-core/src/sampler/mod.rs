@@ -1,21 +1,56 @@
 //! Samplers: from an initial state (usually a prior sample) to samples of the data
 //! distribution, driven by a score model.
 //!
-//! A [`Sampler`] reports every step to an [`Observer`] (progress bars, trajectories,
-//! divergence checks) instead of printing; [`check_finite`] turns a diverged state into
+//! A [`Sampler`] reports every step to an [`Observer`] (progress bars, trajectories, early
+//! stopping) instead of printing; [`check_finite`] turns a diverged state into
 //! [`Error::NonFinite`].
+//!
+//! The fast solvers are [`Step`]s run by one [`Driver`] along a caller-chosen [`Grid`]
+//! (`driver.rs`, `grid.rs`, `noise.rs`), one file each:
+//!
+//! | step | file | order | NFE per step | paper |
+//! | --- | --- | --- | --- | --- |
+//! | [`Euler`] | `euler.rs` | 1 | 1 | Karras et al. 2022, Alg. 1 |
+//! | [`Heun`] (churn) | `heun.rs` | 2 | 2 (1 on the last step to σ = 0) | Karras et al. 2022, Alg. 2 |
+//! | [`EulerAncestral`] | `euler_ancestral.rs` | 1 (SDE) | 1 | Ho et al. 2020; k-diffusion |
+//! | [`DpmSolverPp2M`] | `dpmpp_2m.rs` | 2 | 1 | Lu et al. 2022 (DPM-Solver++) |
+//! | [`DpmSolverPp2MSde`] | `dpmpp_2m_sde.rs` | 2 (ODE), SDE | 1 | Lu et al. 2022 |
+//! | [`DpmSolverPp3MSde`] | `dpmpp_3m_sde.rs` | 3 (ODE), SDE | 1 | Lu et al. 2022 |
+//! | [`UniPc`] | `unipc.rs` | order + 1 with the corrector | 1 | Zhao et al. 2023 |
 
 pub mod annealed;
 pub mod ddpm;
+pub mod dpmpp_2m;
+pub mod dpmpp_2m_sde;
+pub mod dpmpp_3m_sde;
+pub mod driver;
+pub mod euler;
+pub mod euler_ancestral;
+pub mod grid;
+pub mod heun;
 pub mod langevin;
+pub mod noise;
 pub mod ode;
 pub mod reverse_sde;
+pub mod unipc;
 
 pub use annealed::AnnealedLangevin;
 pub use ddpm::{Ddim, DdpmAncestral, DdpmVariance};
+pub use dpmpp_2m::DpmSolverPp2M;
+pub use dpmpp_2m_sde::{DpmSolverPp2MSde, SdeSolverType};
+pub use dpmpp_3m_sde::DpmSolverPp3MSde;
+pub use driver::{Driver, FiniteCheck, Sampled, Step, StepContext, StepOutput};
+pub use euler::Euler;
+pub use euler_ancestral::EulerAncestral;
+pub use grid::{Grid, Node, Spacing, exponential_sigmas, karras_sigmas, vp_sigmas};
+pub use heun::Heun;
 pub use langevin::Langevin;
+pub use noise::{FixedNoise, NoiseSource, PerSampleNoise, RngNoise};
 pub use ode::{OdeSolver, ProbabilityFlow, SolveStats};
 pub use reverse_sde::{Corrector, Predictor, ReverseSde};
+pub use unipc::{UniPc, UniPcVariant};
+
+use core::ops::ControlFlow;
 
 use burn::tensor::Tensor;
 use rand::RngCore;
@@ -37,27 +72,30 @@ pub struct SampleStep<'a, const D: usize> {
     pub sigma: f64,
     /// The state after this step.
     pub x: &'a Tensor<D>,
+    /// The denoised estimate `x̂₀` the step computed, where the sampler has one.
+    pub denoised: Option<&'a Tensor<D>>,
 }
 
-/// Receives the steps of a sampler. Returning an error stops the sampler, which returns it.
+/// Receives the steps of a sampler. Returning `ControlFlow::Break(())` stops the sampler,
+/// which then returns the state reached so far (no error).
 pub trait Observer<const D: usize> {
     /// Called after every step.
-    fn on_step(&mut self, step: &SampleStep<'_, D>) -> Result<()>;
+    fn on_step(&mut self, step: &SampleStep<'_, D>) -> ControlFlow<()>;
 }
 
 /// The observer that does nothing.
 impl<const D: usize> Observer<D> for () {
-    fn on_step(&mut self, _step: &SampleStep<'_, D>) -> Result<()> {
-        Ok(())
+    fn on_step(&mut self, _step: &SampleStep<'_, D>) -> ControlFlow<()> {
+        ControlFlow::Continue(())
     }
 }
 
-/// Any `FnMut(&SampleStep) -> Result<()>` closure is an observer.
+/// Any `FnMut(&SampleStep) -> ControlFlow<()>` closure is an observer.
 impl<const D: usize, F> Observer<D> for F
 where
-    F: FnMut(&SampleStep<'_, D>) -> Result<()>,
+    F: FnMut(&SampleStep<'_, D>) -> ControlFlow<()>,
 {
-    fn on_step(&mut self, step: &SampleStep<'_, D>) -> Result<()> {
+    fn on_step(&mut self, step: &SampleStep<'_, D>) -> ControlFlow<()> {
         self(step)
     }
 }
@@ -87,7 +125,7 @@ pub fn check_finite<const D: usize>(x: &Tensor<D>, context: impl FnOnce() -> Str
 /// Checks a sampler's initial state and returns its batch size: a non-empty batch
 /// (`[B, ...]`, `B ≥ 1`) of the model's [`ScoreModel::sample_shape`] if it declares one
 /// ([`Error::ShapeMismatch`]), with finite values ([`Error::NonFinite`]).
-pub(crate) fn check_init<M: ScoreModel<D> + ?Sized, const D: usize>(
+pub fn check_init<M: ScoreModel<D> + ?Sized, const D: usize>(
     context: &'static str,
     model: &M,
     init: &Tensor<D>,
@@ -108,7 +146,7 @@ pub(crate) fn check_init<M: ScoreModel<D> + ?Sized, const D: usize>(
 }
 
 /// `z ~ N(0, I)` of the shape, device and dtype of `x`, from the caller's `rng`.
-pub(crate) fn noise_like<const D: usize>(x: &Tensor<D>, rng: &mut dyn RngCore) -> Tensor<D> {
+pub fn noise_like<const D: usize>(x: &Tensor<D>, rng: &mut dyn RngCore) -> Tensor<D> {
     standard_normal(x.dims(), &x.device(), rng).cast(x.dtype())
 }
 
@@ -137,11 +175,11 @@ mod tests {
         let mut seen = Vec::new();
         let mut observer = |s: &SampleStep<'_, 1>| {
             seen.push(s.step);
-            if s.step == 1 { Err(Error::NonFinite { context: "stop".into() }) } else { Ok(()) }
+            if s.step == 1 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
         };
-        let step = |i| SampleStep { step: i, total: 3, t: 0.0, sigma: 0.0, x: &x };
-        assert!(Observer::on_step(&mut observer, &step(0)).is_ok());
-        assert!(Observer::on_step(&mut observer, &step(1)).is_err());
+        let step = |i| SampleStep { step: i, total: 3, t: 0.0, sigma: 0.0, x: &x, denoised: None };
+        assert!(Observer::on_step(&mut observer, &step(0)).is_continue());
+        assert!(Observer::on_step(&mut observer, &step(1)).is_break());
         assert_eq!(seen, [0, 1]);
     }
 }

@@ -44,13 +44,15 @@
 //! # Ok::<(), scorefield_core::Error>(())
 //! ```
 
+use core::ops::ControlFlow;
+
 use burn::tensor::Tensor;
 use rand::RngCore;
 
 use crate::error::{Error, Result, ensure_positive};
 use crate::sampler::{Observer, SampleStep, Sampler, check_finite};
 use crate::schedule::NoiseSchedule;
-use crate::score::{NoiseLevel, ScoreModel, check_batch};
+use crate::score::{NoiseLevel, ScoreModel, check_batch, check_output};
 
 /// How the probability-flow ODE is integrated.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -182,7 +184,7 @@ impl<S: NoiseSchedule> ProbabilityFlow<S> {
     ) -> Result<Tensor<D>> {
         let level = NoiseLevel::constant(&self.schedule, at.t, x.dims()[0], &x.device());
         let score = model.score(x.clone(), &level);
-        check_output_shape(&score, &x)?;
+        check_output("score model output", &score, &x)?;
         Ok(velocity_from_score(&self.schedule, x, score, at.coefficient_t))
     }
 
@@ -242,7 +244,7 @@ impl<S: NoiseSchedule> ProbabilityFlow<S> {
         let on_step = |step: usize, total: usize, t: f64, y: &Tensor<2>| {
             let x = y.clone().reshape(shape);
             let sigma = self.schedule.marginal(t).std;
-            observer.on_step(&SampleStep { step, total, t, sigma, x: &x })
+            observer.on_step(&SampleStep { step, total, t, sigma, x: &x, denoised: None })
         };
         let (y, stats) =
             integrate(&self.solver, &self.schedule, direction, x.reshape([b, n]), rhs, on_step)?;
@@ -272,19 +274,6 @@ pub(crate) fn velocity_from_score<S: NoiseSchedule, const D: usize>(
 ) -> Tensor<D> {
     let g = schedule.diffusion(t);
     x.mul_scalar(schedule.drift_coefficient(t)).sub(score.mul_scalar(0.5 * g * g))
-}
-
-/// Errors unless a model's output has the shape of its input.
-pub(crate) fn check_output_shape<const D: usize>(out: &Tensor<D>, x: &Tensor<D>) -> Result<()> {
-    if out.dims() == x.dims() {
-        Ok(())
-    } else {
-        Err(Error::ShapeMismatch {
-            context: "score model output",
-            expected: format!("{:?} (the shape of its input)", x.dims()),
-            got: format!("{:?}", out.dims()),
-        })
-    }
 }
 
 /// Checks an ODE's initial state: a non-empty batch, of the model's sample shape, finite.
@@ -359,7 +348,7 @@ pub(crate) fn integrate<S, F, O>(
 where
     S: NoiseSchedule,
     F: FnMut(Stage, Tensor<2>) -> Result<Tensor<2>>,
-    O: FnMut(usize, usize, f64, &Tensor<2>) -> Result<()>,
+    O: FnMut(usize, usize, f64, &Tensor<2>) -> ControlFlow<()>,
 {
     let mut stats = SolveStats::default();
     let mut f = |at: Stage, y: Tensor<2>| {
@@ -399,7 +388,10 @@ where
             _ => rk4_step(&mut f, t, h, y)?,
         };
         check_finite(&y, || format!("probability-flow ODE step {i} (t = {})", w[1]))?;
-        on_step(i, steps, w[1], &y)?;
+        if on_step(i, steps, w[1], &y).is_break() {
+            stats.steps = i + 1;
+            return Ok((y, stats));
+        }
     }
     stats.steps = steps;
     Ok((y, stats))
@@ -504,7 +496,7 @@ fn dormand_prince<F, O>(
 ) -> Result<(Tensor<2>, usize, usize)>
 where
     F: FnMut(Stage, Tensor<2>) -> Result<Tensor<2>>,
-    O: FnMut(usize, usize, f64, &Tensor<2>) -> Result<()>,
+    O: FnMut(usize, usize, f64, &Tensor<2>) -> ControlFlow<()>,
 {
     let dir = (t1 - t0).signum();
     let span = (t1 - t0).abs();
@@ -552,8 +544,10 @@ where
             check_finite(&y, || format!("probability-flow ODE step {accepted} (t = {t})"))?;
             h *= factor.min(10.0);
             let remaining = ((t1 - t).abs() / h).ceil() as usize;
-            on_step(accepted, accepted + 1 + remaining, t, &y)?;
             accepted += 1;
+            if on_step(accepted - 1, accepted + remaining, t, &y).is_break() {
+                break;
+            }
         } else {
             rejected += 1;
             h *= factor.max(0.2);

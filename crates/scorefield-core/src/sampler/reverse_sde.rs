@@ -279,7 +279,12 @@ impl<S: NoiseSchedule, M: ScoreModel<D>, const D: usize> Sampler<M, D> for Rever
             };
             check_finite(&x, || format!("reverse SDE step {step} (t = {t} → {t2})"))?;
             let sigma = self.schedule.marginal(t2).std;
-            observer.on_step(&SampleStep { step, total, t: t2, sigma, x: &x })?;
+            if observer
+                .on_step(&SampleStep { step, total, t: t2, sigma, x: &x, denoised: None })
+                .is_break()
+            {
+                return Ok(x);
+            }
         }
         Ok(x)
     }
