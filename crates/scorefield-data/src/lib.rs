@@ -1,7 +1,8 @@
 //! # scorefield-data
 //!
-//! Data for scorefield: toy two-dimensional data sets built from the analytic oracles (MNIST,
-//! image grids and sample-quality metrics arrive with the training issue).
+//! Data for scorefield: the MNIST IDX reader and download ([`mnist`], [`idx`]), PNG image grids
+//! ([`image`]) and plots ([`plot`]), toy two-dimensional data sets built from the analytic
+//! oracles ([`toy`]), and the sample-quality classifier and metrics ([`quality`]).
 #![deny(missing_docs)]
 
 pub mod idx;

@@ -27,7 +27,10 @@ use burn::tensor::Tensor;
 use rand::RngCore;
 
 use crate::error::{Error, Result, ensure_finite, ensure_less};
-use crate::sampler::{Observer, SampleStep, Sampler, check_finite, check_init, noise_like};
+use crate::sampler::{
+    Driver, EulerAncestral, Grid, Observer, RngNoise, SampleStep, Sampler, check_finite,
+    check_init, noise_like,
+};
 use crate::schedule::{Ddpm, NoiseSchedule};
 use crate::score::{NoiseLevel, ScoreModel};
 
@@ -204,9 +207,25 @@ impl Ddim {
     }
 }
 
+impl Ddim {
+    /// The driver that runs this DDIM: [`EulerAncestral`] with `η` (and the clipping) on the
+    /// grid `τ₁ > … > τ_S` and the clean level, in the σ-parameterisation, where DDIM is
+    /// exactly that step (see `euler_ancestral.rs`).
+    pub fn driver(&self) -> Result<Driver<EulerAncestral>> {
+        let mut times: Vec<f64> = self.times.iter().map(|&t| t as f64).collect();
+        times.push(0.0);
+        let grid = Grid::from_times(self.schedule.clone(), &times)?;
+        let mut step = EulerAncestral::new(self.eta, 1.0)?;
+        if let Some((lo, hi)) = self.clip {
+            step = step.with_clip(lo, hi)?;
+        }
+        Ok(Driver::new(step, grid).with_name("DDIM"))
+    }
+}
+
 impl<M: ScoreModel<D>, const D: usize> Sampler<M, D> for Ddim {
-    /// Runs the `S` steps from `init` (`x_T`); step `k` goes from `τₖ₊₁` to the next grid
-    /// step (or 0) and is reported with that time and `σ = √(1 − ᾱ)`.
+    /// Runs the `S` steps from `init` (`x_T`) with [`Ddim::driver`]; step `k` goes from
+    /// `τₖ₊₁` to the next grid step (or 0) and is reported with that time and `σ = √(1 − ᾱ)`.
     ///
     /// Errors with [`Error::ShapeMismatch`] if `init` is not a non-empty batch of the model's
     /// sample shape, and with [`Error::NonFinite`] if `init` or a step is not finite.
@@ -217,48 +236,12 @@ impl<M: ScoreModel<D>, const D: usize> Sampler<M, D> for Ddim {
         rng: &mut dyn RngCore,
         observer: &mut dyn Observer<D>,
     ) -> Result<Tensor<D>> {
-        let batch = check_init("DDIM", model, &init)?;
-        let device = init.device();
-        let d = &self.schedule;
-        let total = self.times.len();
-        let mut x = init;
-        for (step, &t) in self.times.iter().enumerate() {
-            let s = self.times.get(step + 1).copied().unwrap_or(0);
-            let level = NoiseLevel::constant(d, t as f64, batch, &device);
-            let (ab_t, ab_s) = (d.alpha_bar(t), d.alpha_bar(s));
-            let (omab_t, omab_s) = (d.one_minus_alpha_bar(t), d.one_minus_alpha_bar(s));
-            let eps = model.score(x.clone(), &level).mul_scalar(-omab_t.sqrt()); // ε̂ = −σₜ s
-            let x0 = (x.clone() - eps.clone().mul_scalar(omab_t.sqrt())).div_scalar(ab_t.sqrt());
-            let (x0, eps) = match self.clip {
-                None => (x0, eps),
-                Some((lo, hi)) => {
-                    let x0 = x0.clamp(lo, hi);
-                    let eps = (x - x0.clone().mul_scalar(ab_t.sqrt())).div_scalar(omab_t.sqrt());
-                    (x0, eps)
-                }
-            };
-            let c = self.eta * (omab_s / omab_t).sqrt() * (1.0 - ab_t / ab_s).sqrt();
-            let dir = (omab_s - c * c).max(0.0).sqrt();
-            x = x0.mul_scalar(ab_s.sqrt()) + eps.mul_scalar(dir);
-            if c > 0.0 {
-                let z = noise_like(&x, rng);
-                x = x + z.mul_scalar(c);
-            }
-            check_finite(&x, || format!("DDIM step {step} (t = {t} → {s})"))?;
-            let (t, sigma) = (s as f64, omab_s.sqrt());
-            if observer
-                .on_step(&SampleStep { step, total, t, sigma, x: &x, denoised: None })
-                .is_break()
-            {
-                return Ok(x);
-            }
-        }
-        Ok(x)
+        Ok(self.driver()?.run(model, init, &mut RngNoise(rng), observer)?.x)
     }
 }
 
 /// Validates a clipping range `[lo, hi]`: both finite, `lo < hi`.
-fn clip_range(lo: f64, hi: f64) -> Result<(f64, f64)> {
+pub(crate) fn clip_range(lo: f64, hi: f64) -> Result<(f64, f64)> {
     ensure_finite("lo", lo)?;
     ensure_finite("hi", hi)?;
     ensure_less("lo", lo, "hi", hi)?;

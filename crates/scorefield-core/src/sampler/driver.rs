@@ -178,12 +178,13 @@ pub struct Driver<St> {
     step: St,
     grid: Grid,
     check: FiniteCheck,
+    name: Option<&'static str>,
 }
 
 impl<St> Driver<St> {
     /// The sampler that runs `step` along `grid`, checking finiteness after every step.
     pub fn new(step: St, grid: Grid) -> Self {
-        Driver { step, grid, check: FiniteCheck::EveryStep }
+        Driver { step, grid, check: FiniteCheck::EveryStep, name: None }
     }
 
     /// The same sampler with another finiteness cadence.
@@ -194,6 +195,12 @@ impl<St> Driver<St> {
             return Err(Error::invalid("finite check", "every 0 steps", "use k ≥ 1"));
         }
         Ok(Driver { check, ..self })
+    }
+
+    /// The same sampler, named `name` in its errors instead of by its step (e.g. `"DDIM"`
+    /// for the Euler-ancestral step it runs).
+    pub fn with_name(self, name: &'static str) -> Self {
+        Driver { name: Some(name), ..self }
     }
 
     /// The step.
@@ -236,7 +243,7 @@ impl<St> Driver<St> {
         M: ScoreModel<D>,
         St: Step<D>,
     {
-        let name = self.step.name();
+        let name = self.name.unwrap_or_else(|| self.step.name());
         check_init(name, model, &init)?;
         let nodes = self.grid.nodes();
         let total = self.grid.steps();

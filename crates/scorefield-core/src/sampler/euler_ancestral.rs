@@ -9,10 +9,17 @@
 //!
 //! `η = 0` is [`Euler`](super::Euler); `η = 1` adds the posterior's noise. One evaluation
 //! per step; no noise on a step to `σ̃ = 0`.
+//!
+//! In the σ-parameterisation this is DDIM (Song et al. 2021) with the same `η`: DDIM's noise
+//! `c = η·√((1 − ᾱ_s)/(1 − ᾱₜ))·√(1 − ᾱₜ/ᾱ_s)` is `√ᾱ_s·σ_up`, its direction coefficient
+//! `√(1 − ᾱ_s − c²)` is `√ᾱ_s·σ_down`, and its `ε̂` is `(x̃ − D)/σ̃`; with
+//! [`EulerAncestral::with_clip`] the denoised estimate is clipped first and `ε̂` recomputed
+//! from it, as DDIM's clipping. [`Ddim`](super::Ddim) runs this step.
 
 use burn::tensor::Tensor;
 
 use crate::error::{Error, Result, ensure_finite, ensure_positive};
+use crate::sampler::ddpm::clip_range;
 use crate::sampler::driver::{Step, StepContext, StepOutput};
 
 /// Euler ancestral with stochasticity `η` and noise scale `S_noise`.
@@ -20,12 +27,13 @@ use crate::sampler::driver::{Step, StepContext, StepOutput};
 pub struct EulerAncestral {
     eta: f64,
     noise: f64,
+    clip: Option<(f64, f64)>,
 }
 
 impl Default for EulerAncestral {
     /// `η = 1`, `S_noise = 1`.
     fn default() -> Self {
-        EulerAncestral { eta: 1.0, noise: 1.0 }
+        EulerAncestral { eta: 1.0, noise: 1.0, clip: None }
     }
 }
 
@@ -36,7 +44,15 @@ impl EulerAncestral {
         if eta < 0.0 {
             return Err(Error::invalid("eta", eta, "must be ≥ 0"));
         }
-        Ok(EulerAncestral { eta, noise: ensure_positive("s_noise", noise)? })
+        Ok(EulerAncestral { eta, noise: ensure_positive("s_noise", noise)?, clip: None })
+    }
+
+    /// The same step with the denoised estimate clipped to `[lo, hi]` (DDIM's and DDPM's
+    /// clipping of `x̂₀`).
+    ///
+    /// Errors with [`Error::InvalidParameter`] unless `lo < hi`, both finite.
+    pub fn with_clip(self, lo: f64, hi: f64) -> Result<Self> {
+        Ok(EulerAncestral { clip: Some(clip_range(lo, hi)?), ..self })
     }
 }
 
@@ -66,9 +82,12 @@ impl<const D: usize> Step<D> for EulerAncestral {
     ) -> Result<StepOutput<D>> {
         let (sigma, next) = (ctx.sigma(i), ctx.sigma(i + 1));
         let (down, up) = ancestral_split(sigma, next, self.eta);
-        let denoised = ctx.denoise_at(&x, i)?;
-        let d = (x.clone() - denoised.clone()).div_scalar(sigma);
-        let mut x = x + d.mul_scalar(down - sigma);
+        let mut denoised = ctx.denoise_at(&x, i)?;
+        if let Some((lo, hi)) = self.clip {
+            denoised = denoised.clamp(lo, hi);
+        }
+        let d = (x - denoised.clone()).div_scalar(sigma); // ε̂
+        let mut x = denoised.clone() + d.mul_scalar(down);
         if up > 0.0 {
             let z = ctx.noise(&x)?;
             x = x + z.mul_scalar(self.noise * up);

@@ -25,7 +25,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::error::{Error, Result, ensure_finite, ensure_positive};
-use crate::schedule::{Ddpm, NoiseSchedule};
+use crate::schedule::{Ddpm, NoiseSchedule, linspace};
 
 /// One noise level of a grid: the time `t`, the mean coefficient `m(t)` (`scale`) and the
 /// standard deviation `σ(t)` of `xₜ = m·x₀ + σ·z`.
@@ -83,7 +83,7 @@ impl PartialEq for Grid {
 
 impl Grid {
     /// The grid at the given times of `schedule`, largest noise first. A last time of exactly
-    /// `0` is the clean level.
+    /// `0` below the schedule's range (DDPM's `t = 0`, after `t_min = 1`) is the clean level.
     ///
     /// Errors with [`Error::InvalidParameter`] if there are fewer than two times, a time is
     /// not finite or outside the schedule's `time_range()`, or `σ̃(tᵢ)` does not strictly
@@ -97,7 +97,7 @@ impl Grid {
         let mut nodes = Vec::with_capacity(times.len());
         for (i, &t) in times.iter().enumerate() {
             ensure_finite("grid time", t)?;
-            if t == 0.0 && i + 1 == times.len() && i > 0 {
+            if t == 0.0 && lo > 0.0 && i + 1 == times.len() && i > 0 {
                 nodes.push(Node::CLEAN);
             } else if t < lo - slack || t > hi + slack {
                 let reason = format!("outside the schedule's time range [{lo}, {hi}]");
@@ -428,11 +428,6 @@ fn check_range(n: usize, sigma_min: f64, sigma_max: f64) -> Result<()> {
     crate::error::ensure_less("sigma_min", sigma_min, "sigma_max", sigma_max)
 }
 
-/// `n ≥ 2` equally spaced values from `a` to `b`, ends exact.
-fn linspace(a: f64, b: f64, n: usize) -> Vec<f64> {
-    (0..n).map(|i| if i + 1 == n { b } else { a + (b - a) * i as f64 / (n - 1) as f64 }).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -464,6 +459,10 @@ mod tests {
             assert!((got - want).abs() <= 1e-12 * want, "{got} vs {want}");
         }
         assert_eq!(*grid.nodes().last().unwrap(), Node::CLEAN);
+        // A schedule whose range starts at 0 keeps its own level there (NCSN's σ_min).
+        let ncsn = crate::schedule::GeometricSigmas::ncsn();
+        let grid = Grid::schedule(ncsn, 10).unwrap();
+        assert!((grid.nodes()[9].sigma - 0.01).abs() < 1e-12);
         // On EDM's own schedule the time is the level.
         let edm = Grid::from_sigmas(Karras::edm(), &[80.0, 1.0, 0.002, 0.0]).unwrap();
         assert_eq!(edm.times(), [80.0, 1.0, 0.002, 0.0]);

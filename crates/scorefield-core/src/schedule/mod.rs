@@ -120,7 +120,6 @@ pub fn isotropic_log_prob<const D: usize>(x: Tensor<D>, std: f64) -> Tensor<1> {
         .add_scalar(norm)
 }
 
-/// `n` equally spaced values from `start` to `end` inclusive (`n ≥ 2`).
 /// `σ(t) = σ_min (σ_max/σ_min)^t`, the geometric noise scale of [`GeometricSigmas`] and
 /// [`VeSde`].
 pub(crate) fn geometric_sigma(sigma_min: f64, sigma_max: f64, t: f64) -> f64 {
@@ -133,6 +132,7 @@ pub(crate) fn geometric_diffusion(sigma_min: f64, sigma_max: f64, t: f64) -> f64
     geometric_sigma(sigma_min, sigma_max, t) * (2.0 * (sigma_max / sigma_min).ln()).sqrt()
 }
 
+/// `n` equally spaced values from `start` to `end` inclusive (`n ≥ 2`), the ends exact.
 pub(crate) fn linspace(start: f64, end: f64, n: usize) -> Vec<f64> {
     let step = (end - start) / (n - 1) as f64;
     (0..n).map(|i| if i + 1 == n { end } else { start + step * i as f64 }).collect()

@@ -1,0 +1,167 @@
+//! Quality against network evaluations (NFE) of every sampler, on exact Gaussian mixtures:
+//! the energy distance between 1,000 samples and 1,000 exact samples, with the permutation
+//! null's 95 % quantile (below it, the samples are indistinguishable from exact ones at that
+//! sample size).
+//!
+//! ```text
+//! cargo bench --bench sampling_quality            # writes out/sampling_quality/{quality.csv,quality.png}
+//! ```
+//!
+//! Mixtures: 2-D, four unequal components (weights 0.4/0.3/0.2/0.1, stds 0.5/0.3/0.6/0.2);
+//! 64-D, four components with the same weights and stds and means drawn once from
+//! `N(0, 0.7² I)` (seed 7). The driver's solvers run on EDM's grid (σ 80 → 0.002, ρ = 7, then
+//! 0, the VE form); the baseline is the probability-flow ODE with Euler steps on the VP SDE's
+//! own time grid (`ProbabilityFlow`), the best sampler before the driver existed. A solver
+//! whose step costs two evaluations (Heun) gets `⌈NFE/2⌉` levels. Results: `docs/sampling.md`.
+
+#[path = "../tests/integration/stats.rs"]
+#[allow(dead_code)]
+mod stats;
+
+use std::io::Write;
+use std::path::Path;
+
+use burn::tensor::{Device, Tensor};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, Normal};
+use scorefield::analytic::GaussianMixture;
+use scorefield::data::image::Image;
+use scorefield::data::plot::{self, Canvas};
+use scorefield::sampler::{
+    DpmSolverPp2M, DpmSolverPp2MSde, DpmSolverPp3MSde, Driver, Euler, EulerAncestral, Grid, Heun,
+    OdeSolver, PerSampleNoise, ProbabilityFlow, Step, UniPc, karras_sigmas,
+};
+use scorefield::schedule::{Karras, VpSde};
+use scorefield::{NoiseSchedule, Sampler};
+
+const N: usize = 1000;
+const NFES: [usize; 8] = [5, 10, 20, 35, 50, 100, 200, 1000];
+
+fn mixture(dim: usize) -> GaussianMixture {
+    let weights = [0.4, 0.3, 0.2, 0.1];
+    let stds = [0.5, 0.3, 0.6, 0.2];
+    let means: Vec<Vec<f64>> = if dim == 2 {
+        vec![vec![-1.5, -0.5], vec![1.5, 0.5], vec![0.0, 2.0], vec![1.0, -2.0]]
+    } else {
+        let mut rng = StdRng::seed_from_u64(7);
+        let normal = Normal::new(0.0, 0.7).unwrap();
+        (0..4).map(|_| (0..dim).map(|_| normal.sample(&mut rng)).collect()).collect()
+    };
+    GaussianMixture::new(&weights, &means, &stds).unwrap()
+}
+
+fn values(x: Tensor<2>) -> Vec<f64> {
+    x.try_into_vec_as::<f64>().unwrap()
+}
+
+/// EDM's grid with `levels` levels and a final 0.
+fn edm_grid(levels: usize) -> Grid {
+    let sigmas = karras_sigmas(levels.max(2), 0.002, 80.0, 7.0).unwrap();
+    Grid::from_sigmas(Karras::edm(), &sigmas).unwrap().with_zero()
+}
+
+/// Samples of `step` at the budget `nfe` (levels = NFE / evaluations per level); returns the
+/// samples and the evaluations actually made.
+fn run_step<St: Step<2>>(
+    step: St,
+    per_level: usize,
+    nfe: usize,
+    m: &GaussianMixture,
+    device: &Device,
+) -> (Vec<f64>, usize) {
+    let levels = nfe.div_ceil(per_level);
+    let driver = Driver::new(step, edm_grid(levels));
+    let mut noise = PerSampleNoise::new(1, N);
+    let init = driver.prior_sample([N, m.dim()], device, &mut noise).unwrap();
+    let out = driver.run(m, init, &mut noise, &mut ()).unwrap();
+    (values(out.x), out.evaluations)
+}
+
+fn main() {
+    let device = scorefield::device("flex").unwrap();
+    let out_dir = Path::new("out/sampling_quality");
+    std::fs::create_dir_all(out_dir).unwrap();
+    let mut csv = String::from("dim,sampler,nfe,energy_distance,null_95\n");
+    let mut panels = Vec::new();
+    for dim in [2usize, 64] {
+        let m = mixture(dim);
+        let exact = values(m.sample(N, &device, &mut StdRng::seed_from_u64(100)));
+        let other = values(m.sample(N, &device, &mut StdRng::seed_from_u64(101)));
+        let null = stats::permutation_threshold(&exact, &other, dim, 200, 0.05, 3);
+        println!("{dim}-D: null 95 % quantile {null:.5}");
+        let mut curves: Vec<(String, Vec<[f64; 2]>)> = Vec::new();
+        let mut record = |name: &str, nfe: usize, x: Vec<f64>| {
+            let e = stats::energy_distance(&x, &exact, dim);
+            println!("{dim}-D {name:<24} NFE {nfe:>5}: energy distance {e:.5}");
+            csv.push_str(&format!("{dim},{name},{nfe},{e},{null}\n"));
+            match curves.iter_mut().find(|(n, _)| n == name) {
+                Some((_, c)) => c.push([nfe as f64, e]),
+                None => curves.push((name.to_string(), vec![[nfe as f64, e]])),
+            }
+        };
+        for &budget in &NFES {
+            let mut go = |name: &str, (x, nfe): (Vec<f64>, usize)| record(name, nfe, x);
+            go("Euler", run_step(Euler, 1, budget, &m, &device));
+            go("Heun", run_step(Heun::default(), 2, budget + 1, &m, &device));
+            go("Euler ancestral", run_step(EulerAncestral::default(), 1, budget, &m, &device));
+            go("DPM-Solver++ 2M", run_step(DpmSolverPp2M, 1, budget, &m, &device));
+            go(
+                "DPM-Solver++ 2M SDE",
+                run_step(DpmSolverPp2MSde::default(), 1, budget, &m, &device),
+            );
+            go(
+                "DPM-Solver++ 3M SDE",
+                run_step(DpmSolverPp3MSde::default(), 1, budget, &m, &device),
+            );
+            go("UniPC", run_step(UniPc::default(), 1, budget, &m, &device));
+            // The baseline: PF-ODE, Euler steps on the VP schedule's grid.
+            let vp = VpSde::new(0.1, 20.0).unwrap();
+            let flow = ProbabilityFlow::new(vp, OdeSolver::Euler { steps: budget }).unwrap();
+            let init = vp.prior_sample([N, dim], &device, &mut StdRng::seed_from_u64(1));
+            let x = flow.sample(&m, init, &mut StdRng::seed_from_u64(2), &mut ()).unwrap();
+            go("PF-ODE Euler (VP, before)", (values(x), budget));
+        }
+        panels.push(plot_panel(&format!("{dim}-D mixture: energy distance vs NFE"), &curves, null));
+    }
+    std::fs::File::create(out_dir.join("quality.csv")).unwrap().write_all(csv.as_bytes()).unwrap();
+    let image = plot::vconcat(&panels, 8);
+    image.save(&out_dir.join("quality.png")).unwrap();
+    println!("wrote {}", out_dir.join("quality.png").display());
+}
+
+const COLORS: [plot::Rgb; 8] = [
+    plot::BLUE,
+    plot::ORANGE,
+    plot::GREEN,
+    plot::RED,
+    [148, 103, 189],
+    [140, 86, 75],
+    [227, 119, 194],
+    [127, 127, 127],
+];
+
+/// A log–log panel: one curve per sampler, the null quantile as a black line, a legend.
+fn plot_panel(title: &str, curves: &[(String, Vec<[f64; 2]>)], null: f64) -> Image {
+    let log = |p: &[f64; 2]| [p[0].log10(), p[1].max(1e-6).log10()];
+    let all: Vec<[f64; 2]> = curves.iter().flat_map(|(_, c)| c.iter().map(log)).collect();
+    let (y_lo, y_hi) =
+        all.iter().fold((null.log10(), null.log10()), |(lo, hi), p| (lo.min(p[1]), hi.max(p[1])));
+    let mut canvas =
+        Canvas::new(900, 420, (0.6, 3.1), (y_lo - 0.2, y_hi + 0.2)).with_margins(30, 230, 30, 50);
+    canvas.frame();
+    canvas.title(&format!("{title} (log-log; black: null 95 %)"));
+    canvas.polyline(&[[0.6, null.log10()], [3.1, null.log10()]], plot::BLACK, 1.5);
+    for (i, (name, curve)) in curves.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let points: Vec<[f64; 2]> = curve.iter().map(log).collect();
+        canvas.polyline(&points, color, 2.0);
+        canvas.scatter(&points, color, 3.0, 1.0);
+        canvas.text(680, 40 + 18 * i as i64, name, color, 1);
+    }
+    for nfe in NFES {
+        let (px, py) = canvas.to_pixel((nfe as f64).log10(), y_lo - 0.2);
+        canvas.text(px as i64 - 8, py as i64 + 6, &nfe.to_string(), plot::BLACK, 1);
+    }
+    canvas.into_image()
+}
