@@ -11,7 +11,9 @@
 //! 64-D, four components with the same weights and stds and means drawn once from
 //! `N(0, 0.7² I)` (seed 7). The driver's solvers run on EDM's grid (σ 80 → 0.002, ρ = 7, then
 //! 0, the VE form); the baseline is the probability-flow ODE with Euler steps on the VP SDE's
-//! own time grid (`ProbabilityFlow`), the best sampler before the driver existed. A solver
+//! own time grid (`ProbabilityFlow`), the best sampler before the driver existed. Every solver
+//! runs on two grids: EDM's and the VP SDE's times uniform from 1 to 10⁻³ (σ̃ from 157 to
+//! 0.032), each followed by 0. A solver
 //! whose step costs two evaluations (Heun) gets `⌈NFE/2⌉` levels. Results: `docs/sampling.md`.
 
 #[path = "../tests/integration/stats.rs"]
@@ -61,17 +63,22 @@ fn edm_grid(levels: usize) -> Grid {
     Grid::from_sigmas(Karras::edm(), &sigmas).unwrap().with_zero()
 }
 
+/// The VP SDE's times, uniform from 1 to 10⁻³, `levels` of them, and a final 0.
+fn vp_grid(levels: usize) -> Grid {
+    Grid::uniform_time(VpSde::new(0.1, 20.0).unwrap(), levels.max(2)).unwrap().with_zero()
+}
+
 /// Samples of `step` at the budget `nfe` (levels = NFE / evaluations per level); returns the
 /// samples and the evaluations actually made.
 fn run_step<St: Step<2>>(
     step: St,
     per_level: usize,
     nfe: usize,
-    m: &GaussianMixture,
+    (m, grid): (&GaussianMixture, fn(usize) -> Grid),
     device: &Device,
 ) -> (Vec<f64>, usize) {
     let levels = nfe.div_ceil(per_level);
-    let driver = Driver::new(step, edm_grid(levels));
+    let driver = Driver::new(step, grid(levels));
     let mut noise = PerSampleNoise::new(1, N);
     let init = driver.prior_sample([N, m.dim()], device, &mut noise).unwrap();
     let out = driver.run(m, init, &mut noise, &mut ()).unwrap();
@@ -82,9 +89,14 @@ fn main() {
     let device = scorefield::device("flex").unwrap();
     let out_dir = Path::new("out/sampling_quality");
     std::fs::create_dir_all(out_dir).unwrap();
-    let mut csv = String::from("dim,sampler,nfe,energy_distance,null_95\n");
+    let mut csv = String::from("dim,grid,sampler,nfe,energy_distance,null_95\n");
     let mut panels = Vec::new();
-    for dim in [2usize, 64] {
+    for (dim, grid_name, grid) in [
+        (2usize, "EDM grid", edm_grid as fn(usize) -> Grid),
+        (2, "VP uniform-t grid", vp_grid),
+        (64, "EDM grid", edm_grid),
+        (64, "VP uniform-t grid", vp_grid),
+    ] {
         let m = mixture(dim);
         let exact = values(m.sample(N, &device, &mut StdRng::seed_from_u64(100)));
         let other = values(m.sample(N, &device, &mut StdRng::seed_from_u64(101)));
@@ -93,8 +105,8 @@ fn main() {
         let mut curves: Vec<(String, Vec<[f64; 2]>)> = Vec::new();
         let mut record = |name: &str, nfe: usize, x: Vec<f64>| {
             let e = stats::energy_distance(&x, &exact, dim);
-            println!("{dim}-D {name:<24} NFE {nfe:>5}: energy distance {e:.5}");
-            csv.push_str(&format!("{dim},{name},{nfe},{e},{null}\n"));
+            println!("{dim}-D {grid_name} {name:<26} NFE {nfe:>5}: energy distance {e:.5}");
+            csv.push_str(&format!("{dim},{grid_name},{name},{nfe},{e},{null}\n"));
             match curves.iter_mut().find(|(n, _)| n == name) {
                 Some((_, c)) => c.push([nfe as f64, e]),
                 None => curves.push((name.to_string(), vec![[nfe as f64, e]])),
@@ -102,27 +114,32 @@ fn main() {
         };
         for &budget in &NFES {
             let mut go = |name: &str, (x, nfe): (Vec<f64>, usize)| record(name, nfe, x);
-            go("Euler", run_step(Euler, 1, budget, &m, &device));
-            go("Heun", run_step(Heun::default(), 2, budget + 1, &m, &device));
-            go("Euler ancestral", run_step(EulerAncestral::default(), 1, budget, &m, &device));
-            go("DPM-Solver++ 2M", run_step(DpmSolverPp2M, 1, budget, &m, &device));
+            let on = (&m, grid);
+            go("Euler", run_step(Euler, 1, budget, on, &device));
+            go("Heun", run_step(Heun::default(), 2, budget + 1, on, &device));
+            go("Euler ancestral", run_step(EulerAncestral::default(), 1, budget, on, &device));
+            go("DPM-Solver++ 2M", run_step(DpmSolverPp2M, 1, budget, on, &device));
             go(
                 "DPM-Solver++ 2M SDE",
-                run_step(DpmSolverPp2MSde::default(), 1, budget, &m, &device),
+                run_step(DpmSolverPp2MSde::default(), 1, budget, on, &device),
             );
             go(
                 "DPM-Solver++ 3M SDE",
-                run_step(DpmSolverPp3MSde::default(), 1, budget, &m, &device),
+                run_step(DpmSolverPp3MSde::default(), 1, budget, on, &device),
             );
-            go("UniPC", run_step(UniPc::default(), 1, budget, &m, &device));
+            go("UniPC", run_step(UniPc::default(), 1, budget, on, &device));
             // The baseline: PF-ODE, Euler steps on the VP schedule's grid.
             let vp = VpSde::new(0.1, 20.0).unwrap();
             let flow = ProbabilityFlow::new(vp, OdeSolver::Euler { steps: budget }).unwrap();
             let init = vp.prior_sample([N, dim], &device, &mut StdRng::seed_from_u64(1));
             let x = flow.sample(&m, init, &mut StdRng::seed_from_u64(2), &mut ()).unwrap();
-            go("PF-ODE Euler (VP, before)", (values(x), budget));
+            go("PF-ODE Euler (VP x, before)", (values(x), budget));
         }
-        panels.push(plot_panel(&format!("{dim}-D mixture: energy distance vs NFE"), &curves, null));
+        panels.push(plot_panel(
+            &format!("{dim}-D mixture, {grid_name}: energy distance vs NFE"),
+            &curves,
+            null,
+        ));
     }
     std::fs::File::create(out_dir.join("quality.csv")).unwrap().write_all(csv.as_bytes()).unwrap();
     let image = plot::vconcat(&panels, 8);
