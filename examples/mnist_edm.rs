@@ -22,6 +22,11 @@
 //! Written under `--out` (default `out/mnist_edm`): `samples-<sampler>-<nfe>.png`,
 //! `quality.txt` (when the `mnist_classifier` example's classifier is saved) and `checkpoint/`.
 
+#[path = "common/cli.rs"]
+mod cli;
+
+use cli::AnyResult;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -85,17 +90,10 @@ struct Args {
     classifier: PathBuf,
 }
 
-type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 type Model = Preconditioned<NcsnUnet>;
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    cli::exit_code(run(Args::parse()))
 }
 
 fn run(args: Args) -> AnyResult<()> {

@@ -32,6 +32,11 @@
 //! `checkpoint/` (the whole training state, `Trainer::save`), from which `--resume` trains on
 //! bit for bit and `--sample-only` samples with the EMA weights.
 
+#[path = "common/cli.rs"]
+mod cli;
+
+use cli::AnyResult;
+
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -209,16 +214,8 @@ impl Args {
     }
 }
 
-type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
-
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    cli::exit_code(run(Args::parse()))
 }
 
 fn run(args: Args) -> AnyResult<()> {

@@ -93,6 +93,12 @@ pub fn ensure_positive(name: &'static str, value: f64) -> Result<f64> {
     if value > 0.0 { Ok(value) } else { Err(Error::invalid(name, value, "must be > 0")) }
 }
 
+/// Checks that `value` is finite and `≥ 0`.
+pub fn ensure_non_negative(name: &'static str, value: f64) -> Result<f64> {
+    ensure_finite(name, value)?;
+    if value >= 0.0 { Ok(value) } else { Err(Error::invalid(name, value, "must be ≥ 0")) }
+}
+
 /// Checks that `lo < hi` for two already-validated bounds named `lo_name` and `hi_name`.
 pub fn ensure_less(lo_name: &'static str, lo: f64, hi_name: &'static str, hi: f64) -> Result<()> {
     if lo < hi {

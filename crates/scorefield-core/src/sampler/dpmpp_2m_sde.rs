@@ -15,7 +15,7 @@
 
 use burn::tensor::Tensor;
 
-use crate::error::{Error, Result, ensure_finite, ensure_positive};
+use crate::error::{Result, ensure_non_negative, ensure_positive};
 use crate::sampler::dpmpp_2m::History;
 use crate::sampler::driver::{Step, StepContext, StepOutput};
 
@@ -47,10 +47,7 @@ impl Default for DpmSolverPp2MSde {
 impl DpmSolverPp2MSde {
     /// Errors with [`Error::InvalidParameter`] unless `η ≥ 0` and `S_noise > 0`, finite.
     pub fn new(eta: f64, noise: f64, solver: SdeSolverType) -> Result<Self> {
-        ensure_finite("eta", eta)?;
-        if eta < 0.0 {
-            return Err(Error::invalid("eta", eta, "must be ≥ 0"));
-        }
+        ensure_non_negative("eta", eta)?;
         Ok(DpmSolverPp2MSde { eta, noise: ensure_positive("s_noise", noise)?, solver })
     }
 }

@@ -27,7 +27,7 @@
 
 use burn::tensor::Tensor;
 
-use crate::error::{Error, Result, ensure_finite, ensure_positive};
+use crate::error::{Result, ensure_non_negative, ensure_positive};
 use crate::sampler::driver::{Step, StepContext, StepOutput};
 
 /// DPM-Solver++ 3M SDE with stochasticity `η` and noise scale `S_noise`.
@@ -48,10 +48,7 @@ impl Default for DpmSolverPp3MSde {
 impl DpmSolverPp3MSde {
     /// Errors with [`Error::InvalidParameter`] unless `η ≥ 0` and `S_noise > 0`, finite.
     pub fn new(eta: f64, noise: f64) -> Result<Self> {
-        ensure_finite("eta", eta)?;
-        if eta < 0.0 {
-            return Err(Error::invalid("eta", eta, "must be ≥ 0"));
-        }
+        ensure_non_negative("eta", eta)?;
         Ok(DpmSolverPp3MSde { eta, noise: ensure_positive("s_noise", noise)?, taylor: false })
     }
 

@@ -16,7 +16,7 @@
 
 use burn::tensor::Tensor;
 
-use crate::error::{Error, Result, ensure_finite, ensure_positive};
+use crate::error::{Error, Result, ensure_non_negative, ensure_positive};
 use crate::sampler::driver::{Step, StepContext, StepOutput};
 
 /// EDM's Heun sampler with churn `(S_churn, S_tmin, S_tmax, S_noise)`; the default is the
@@ -42,12 +42,9 @@ impl Heun {
     /// Errors with [`Error::InvalidParameter`] unless `S_churn ≥ 0`, `0 ≤ S_tmin ≤ S_tmax`
     /// and `S_noise > 0` (`S_tmax` may be `+∞`).
     pub fn with_churn(churn: f64, t_min: f64, t_max: f64, noise: f64) -> Result<Self> {
-        ensure_finite("s_churn", churn)?;
-        if churn < 0.0 {
-            return Err(Error::invalid("s_churn", churn, "must be ≥ 0"));
-        }
-        ensure_finite("s_tmin", t_min)?;
-        if t_min < 0.0 || t_max.is_nan() || t_max < t_min {
+        ensure_non_negative("s_churn", churn)?;
+        ensure_non_negative("s_tmin", t_min)?;
+        if t_max.is_nan() || t_max < t_min {
             return Err(Error::invalid(
                 "s_tmax",
                 t_max,
