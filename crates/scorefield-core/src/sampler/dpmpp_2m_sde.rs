@@ -71,10 +71,8 @@ impl<const D: usize> Step<D> for DpmSolverPp2MSde {
         if next == 0.0 {
             return Ok(StepOutput { x: denoised.clone(), denoised });
         }
-        let h = sigma.ln() - next.ln();
-        let (eta_h, h_hat) = (self.eta * h, (1.0 + self.eta) * h);
+        let (mut x, h, h_hat) = first_order_sde(x, &denoised, (sigma, next), self.eta);
         let phi = -(-h_hat).exp_m1(); // 1 − e^{−ĥ}
-        let mut x = x.mul_scalar(next / sigma * (-eta_h).exp()) + denoised.clone().mul_scalar(phi);
         if let Some((prev, h_prev)) = state.last.take() {
             let r = h_prev / h;
             let c = match self.solver {
@@ -83,11 +81,39 @@ impl<const D: usize> Step<D> for DpmSolverPp2MSde {
             };
             x = x + (denoised.clone() - prev).mul_scalar(c / r);
         }
-        if self.eta > 0.0 {
-            let z = ctx.noise(&x)?;
-            x = x + z.mul_scalar(next * (-(-2.0 * eta_h).exp_m1()).sqrt() * self.noise);
-        }
+        let x = add_sde_noise(ctx, x, next, self.eta * h, self.noise)?;
         state.last = Some((denoised.clone(), h));
         Ok(StepOutput { x, denoised })
     }
+}
+
+/// The first-order DPM-Solver++ SDE step from `σ̃` to `σ̃'` (both `> 0`) with stochasticity
+/// `η`, before its noise: `(σ̃'/σ̃)·e^{−ηh}·x̃ + (1 − e^{−ĥ})·D`; returns it with `h` and
+/// `ĥ = (1 + η)·h`. The 2M and 3M SDE solvers add their corrections to it.
+pub(crate) fn first_order_sde<const D: usize>(
+    x: Tensor<D>,
+    denoised: &Tensor<D>,
+    (sigma, next): (f64, f64),
+    eta: f64,
+) -> (Tensor<D>, f64, f64) {
+    let h = sigma.ln() - next.ln();
+    let (eta_h, h_hat) = (eta * h, (1.0 + eta) * h);
+    let x = x.mul_scalar(next / sigma * (-eta_h).exp())
+        + denoised.clone().mul_scalar(-(-h_hat).exp_m1());
+    (x, h, h_hat)
+}
+
+/// `x̃ + σ̃'·√(1 − e^{−2ηh})·S_noise·z`, the SDE solvers' noise (no draw when `ηh = 0`).
+pub(crate) fn add_sde_noise<const D: usize>(
+    ctx: &mut StepContext<'_, D>,
+    x: Tensor<D>,
+    next: f64,
+    eta_h: f64,
+    s_noise: f64,
+) -> Result<Tensor<D>> {
+    if eta_h == 0.0 {
+        return Ok(x);
+    }
+    let z = ctx.noise(&x)?;
+    Ok(x + z.mul_scalar(next * (-(-2.0 * eta_h).exp_m1()).sqrt() * s_noise))
 }

@@ -28,6 +28,7 @@
 use burn::tensor::Tensor;
 
 use crate::error::{Result, ensure_non_negative, ensure_positive};
+use crate::sampler::dpmpp_2m_sde::{add_sde_noise, first_order_sde};
 use crate::sampler::driver::{Step, StepContext, StepOutput};
 
 /// DPM-Solver++ 3M SDE with stochasticity `η` and noise scale `S_noise`.
@@ -84,12 +85,9 @@ impl<const D: usize> Step<D> for DpmSolverPp3MSde {
         if next == 0.0 {
             return Ok(StepOutput { x: denoised.clone(), denoised });
         }
-        let h = sigma.ln() - next.ln();
-        let (eta_h, h_hat) = (self.eta * h, (1.0 + self.eta) * h);
+        let (mut x, h, h_hat) = first_order_sde(x, &denoised, (sigma, next), self.eta);
         let phi2 = (-h_hat).exp_m1() / h_hat + 1.0;
         let phi3 = phi2 / h_hat - 0.5;
-        let mut x = x.mul_scalar(next / sigma * (-eta_h).exp())
-            + denoised.clone().mul_scalar(-(-h_hat).exp_m1());
         match state.earlier.as_slice() {
             [(d1, h1), (d2, h2)] => {
                 let (r0, r1) = (h1 / h, h2 / h);
@@ -106,10 +104,7 @@ impl<const D: usize> Step<D> for DpmSolverPp3MSde {
             }
             _ => {}
         }
-        if self.eta > 0.0 {
-            let z = ctx.noise(&x)?;
-            x = x + z.mul_scalar(next * (-(-2.0 * eta_h).exp_m1()).sqrt() * self.noise);
-        }
+        let x = add_sde_noise(ctx, x, next, self.eta * h, self.noise)?;
         state.earlier.insert(0, (denoised.clone(), h));
         state.earlier.truncate(2);
         Ok(StepOutput { x, denoised })
