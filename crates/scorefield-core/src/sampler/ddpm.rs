@@ -205,9 +205,7 @@ impl Ddim {
     pub fn eta(&self) -> f64 {
         self.eta
     }
-}
 
-impl Ddim {
     /// The driver that runs this DDIM: [`EulerAncestral`] with `η` (and the clipping) on the
     /// grid `τ₁ > … > τ_S` and the clean level, in the σ-parameterisation, where DDIM is
     /// exactly that step (see `euler_ancestral.rs`).
