@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use scorefield::analytic::{Gaussian, GaussianMixture};
 use scorefield::sampler::{
     DpmSolverPp2M, DpmSolverPp2MSde, DpmSolverPp3MSde, Driver, Euler, EulerAncestral, FiniteCheck,
-    Grid, Heun, PerSampleNoise, SdeSolverType, Step, UniPc, UniPcVariant, karras_sigmas,
+    Grid, Heun, Node, PerSampleNoise, SdeSolverType, Step, UniPc, UniPcVariant, karras_sigmas,
 };
 use scorefield::schedule::{Karras, VpSde};
 use scorefield::{Error, NoiseLevel, SampleStep, ScoreModel};
@@ -340,6 +340,16 @@ fn bad_input_is_a_typed_error() {
             &mut (),
         )
     };
+    // A step that moves between levels refuses a grid whose levels repeat.
+    let node = Node { t: 1.0, scale: 1.0, sigma: 1.0 };
+    let repeated = Grid::stationary(&[node], 3).unwrap();
+    let err = Driver::new(Euler, repeated).run(
+        &Wrong(true),
+        init.clone(),
+        &mut PerSampleNoise::new(0, 4),
+        &mut (),
+    );
+    assert!(matches!(err, Err(Error::InvalidParameter { name: "grid", .. })), "{err:?}");
     assert!(matches!(run(&Wrong(true)), Err(Error::ShapeMismatch { .. })));
     assert!(matches!(run(&Wrong(false)), Err(Error::DTypeMismatch { .. })));
     // Negative churn, an unsupported order, a bad η.

@@ -22,9 +22,9 @@ use burn::tensor::Tensor;
 use rand::RngCore;
 
 use crate::error::{Error, Result, ensure_finite, ensure_positive};
-use crate::sampler::{Observer, SampleStep, Sampler, check_finite, check_init, noise_like};
+use crate::sampler::{Driver, Grid, Node, Observer, Sampler, Step, StepContext, StepOutput};
 use crate::schedule::{GeometricSigmas, NoiseSchedule};
-use crate::score::{NoiseLevel, ScoreModel};
+use crate::score::ScoreModel;
 
 /// NCSN's annealed Langevin dynamics over the noise levels `σ_1 > … > σ_L` of a schedule:
 /// `T` steps `x ← x + (α_i/2)·s(x, σ_i) + √α_i·z` per level with `α_i = ε·σ_i²/σ_L²`, then
@@ -120,11 +120,62 @@ impl<S: NoiseSchedule> AnnealedLangevin<S> {
     }
 }
 
+impl<S: NoiseSchedule> AnnealedLangevin<S> {
+    /// The driver that runs this sampler: `T` steps per level on the
+    /// [stationary](Grid::stationary) grid of the levels, then the clean level if it
+    /// denoises at the end.
+    pub fn driver(&self) -> Result<Driver<&Self>> {
+        let levels: Vec<Node> = self.times.iter().map(|&t| Node::at(&self.schedule, t)).collect();
+        let grid = Grid::stationary(&levels, self.steps_per_level)?;
+        let grid = if self.final_denoise { grid.with_zero() } else { grid };
+        Ok(Driver::new(self, grid))
+    }
+}
+
+/// One step on `x̃ = x/m`: at level `i` (node `i + 1`) the Langevin step
+/// `x̃ ← x̃ + (α_i/2m)·s(m·x̃, σ_i) + (√α_i/m)·z` (the module's update divided by `m`); onto
+/// the clean level, the denoising step `x̃ ← x̃ + (σ_L²/m_L)·s`, i.e. `(x + σ_L²·s)/m_L`.
+impl<S: NoiseSchedule, const D: usize> Step<D> for AnnealedLangevin<S> {
+    type State = ();
+
+    fn name(&self) -> &'static str {
+        "annealed Langevin"
+    }
+
+    fn dwells(&self) -> bool {
+        true
+    }
+
+    fn step(
+        &self,
+        i: usize,
+        x: Tensor<D>,
+        ctx: &mut StepContext<'_, D>,
+        _: &mut (),
+    ) -> Result<StepOutput<D>> {
+        let (node, next) = (ctx.node(i), ctx.node(i + 1));
+        if next.sigma == 0.0 {
+            let x = ctx.denoise(&x, node)?; // (x + σ_L² s)/m_L
+            return Ok(StepOutput { x: x.clone(), denoised: x });
+        }
+        let sigma_l = self.sigmas[self.sigmas.len() - 1];
+        let alpha = self.eps * next.sigma * next.sigma / (sigma_l * sigma_l); // α_i = ε σ_i²/σ_L²
+        let m = next.scale;
+        let s = ctx.score(&x, next)?;
+        let denoised = x.clone() + s.clone().mul_scalar(next.sigma * next.sigma / m);
+        let z = ctx.noise(&x)?;
+        let x = x + s.mul_scalar(alpha / (2.0 * m)) + z.mul_scalar(alpha.sqrt() / m);
+        Ok(StepOutput { x, denoised })
+    }
+}
+
 impl<S: NoiseSchedule, M: ScoreModel<D>, const D: usize> Sampler<M, D> for AnnealedLangevin<S> {
-    /// Runs the `L·T` steps (and the denoising step) from `init`.
+    /// Runs the `L·T` steps (and the denoising step) from `init` on
+    /// [`AnnealedLangevin::driver`].
     ///
     /// Errors with [`Error::ShapeMismatch`] if `init` is not a non-empty batch of the model's
-    /// sample shape, and with [`Error::NonFinite`] if `init` or a step is not finite.
+    /// sample shape or the model's output has another shape, and with [`Error::NonFinite`]
+    /// if `init` or a step is not finite.
     fn sample(
         &self,
         model: &M,
@@ -132,43 +183,6 @@ impl<S: NoiseSchedule, M: ScoreModel<D>, const D: usize> Sampler<M, D> for Annea
         rng: &mut dyn RngCore,
         observer: &mut dyn Observer<D>,
     ) -> Result<Tensor<D>> {
-        let batch = check_init("annealed Langevin", model, &init)?;
-        let device = init.device();
-        let sigma_l = self.sigmas[self.sigmas.len() - 1];
-        let total = self.times.len() * self.steps_per_level + usize::from(self.final_denoise);
-        let mut x = init;
-        let mut step = 0;
-        for (&t, &sigma) in self.times.iter().zip(&self.sigmas) {
-            let level = NoiseLevel::constant(&self.schedule, t, batch, &device);
-            let alpha = self.eps * sigma * sigma / (sigma_l * sigma_l); // α_i = ε σ_i²/σ_L²
-            for _ in 0..self.steps_per_level {
-                let s = model.score(x.clone(), &level);
-                let z = noise_like(&x, rng);
-                x = x + s.mul_scalar(alpha / 2.0) + z.mul_scalar(alpha.sqrt());
-                check_finite(&x, || format!("annealed Langevin step {step} (σ = {sigma})"))?;
-                if observer
-                    .on_step(&SampleStep { step, total, t, sigma, x: &x, denoised: None })
-                    .is_break()
-                {
-                    return Ok(x);
-                }
-                step += 1;
-            }
-        }
-        if self.final_denoise {
-            let t_l = self.times[self.times.len() - 1];
-            let m_l = self.schedule.marginal(t_l).scale;
-            let level = NoiseLevel::constant(&self.schedule, t_l, batch, &device);
-            let s = model.score(x.clone(), &level);
-            x = (x + s.mul_scalar(sigma_l * sigma_l)).div_scalar(m_l); // (x + σ_L² s)/m_L
-            check_finite(&x, || format!("annealed Langevin step {step} (final denoising)"))?;
-            if observer
-                .on_step(&SampleStep { step, total, t: 0.0, sigma: 0.0, x: &x, denoised: None })
-                .is_break()
-            {
-                return Ok(x);
-            }
-        }
-        Ok(x)
+        self.driver()?.sample(model, init, rng, observer)
     }
 }

@@ -28,11 +28,10 @@ use rand::RngCore;
 
 use crate::error::{Error, Result, ensure_finite, ensure_less};
 use crate::sampler::{
-    Driver, EulerAncestral, Grid, Observer, RngNoise, SampleStep, Sampler, check_finite,
-    check_init, noise_like,
+    Driver, EulerAncestral, Grid, Observer, RngNoise, Sampler, Step, StepContext, StepOutput,
 };
 use crate::schedule::{Ddpm, NoiseSchedule};
-use crate::score::{NoiseLevel, ScoreModel};
+use crate::score::ScoreModel;
 
 /// The variance `σₜ²` of the DDPM reverse step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,12 +83,65 @@ impl DdpmAncestral {
     }
 }
 
+impl DdpmAncestral {
+    /// The driver that runs this sampler: its step on the grid `t = T, …, 1, 0` of the chain.
+    pub fn driver(&self) -> Result<Driver<&Self>> {
+        let times: Vec<f64> = (0..=self.schedule.steps()).rev().map(|t| t as f64).collect();
+        Ok(Driver::new(self, Grid::from_times(self.schedule.clone(), &times)?))
+    }
+}
+
+/// Step `k`, from `t = T − k` to `t − 1`, on `x = √ᾱₜ·x̃`: Algorithm 2 (or the clipped
+/// posterior mean) and its noise, divided by `√ᾱₜ₋₁`.
+impl<const D: usize> Step<D> for DdpmAncestral {
+    type State = ();
+
+    fn name(&self) -> &'static str {
+        "DDPM ancestral"
+    }
+
+    fn step(
+        &self,
+        i: usize,
+        x: Tensor<D>,
+        ctx: &mut StepContext<'_, D>,
+        _: &mut (),
+    ) -> Result<StepOutput<D>> {
+        let (node, next) = (ctx.node(i), ctx.node(i + 1));
+        let d = &self.schedule;
+        let t = d.steps() - i;
+        let (beta, alpha, sigma_t) = (d.betas()[t - 1], d.alphas()[t - 1], node.sigma);
+        let eps = ctx.score(&x, node)?.mul_scalar(-sigma_t); // ε̂ = −σₜ s
+        let x = x.mul_scalar(node.scale);
+        let x0 = (x.clone() - eps.clone().mul_scalar(sigma_t)).div_scalar(node.scale);
+        let mean = match self.clip {
+            None => (x - eps.mul_scalar(beta / sigma_t)).div_scalar(alpha.sqrt()),
+            Some((lo, hi)) => {
+                let (c0, c1) = d.posterior_mean_coefficients(t);
+                x0.clone().clamp(lo, hi).mul_scalar(c0) + x.mul_scalar(c1)
+            }
+        };
+        let x = if t > 1 {
+            let var = match self.variance {
+                DdpmVariance::Beta => beta,
+                DdpmVariance::BetaTilde => d.posterior_variance(t),
+            };
+            let z = ctx.noise(&mean)?;
+            mean + z.mul_scalar(var.sqrt())
+        } else {
+            mean
+        };
+        Ok(StepOutput { x: x.div_scalar(next.scale), denoised: x0 })
+    }
+}
+
 impl<M: ScoreModel<D>, const D: usize> Sampler<M, D> for DdpmAncestral {
-    /// Runs the `T` steps from `init` (`x_T`); step `k` goes from `t = T − k` to `t − 1` and is
-    /// reported with `t − 1` and `σ = √(1 − ᾱₜ₋₁)`.
+    /// Runs the `T` steps from `init` (`x_T`) on [`DdpmAncestral::driver`]; step `k` goes
+    /// from `t = T − k` to `t − 1` and is reported with `t − 1` and `σ = √(1 − ᾱₜ₋₁)`.
     ///
     /// Errors with [`Error::ShapeMismatch`] if `init` is not a non-empty batch of the model's
-    /// sample shape, and with [`Error::NonFinite`] if `init` or a step is not finite.
+    /// sample shape or the model's output has another shape, and with [`Error::NonFinite`]
+    /// if `init` or a step is not finite.
     fn sample(
         &self,
         model: &M,
@@ -97,44 +149,7 @@ impl<M: ScoreModel<D>, const D: usize> Sampler<M, D> for DdpmAncestral {
         rng: &mut dyn RngCore,
         observer: &mut dyn Observer<D>,
     ) -> Result<Tensor<D>> {
-        let batch = check_init("DDPM ancestral", model, &init)?;
-        let device = init.device();
-        let d = &self.schedule;
-        let total = d.steps();
-        let mut x = init;
-        for (step, t) in (1..=total).rev().enumerate() {
-            let level = NoiseLevel::constant(d, t as f64, batch, &device);
-            let (beta, alpha, sigma_t) = (d.betas()[t - 1], d.alphas()[t - 1], level_sigma(d, t));
-            let eps = model.score(x.clone(), &level).mul_scalar(-sigma_t); // ε̂ = −σₜ s
-            let mean = match self.clip {
-                None => (x - eps.mul_scalar(beta / sigma_t)).div_scalar(alpha.sqrt()),
-                Some((lo, hi)) => {
-                    let x0 =
-                        (x.clone() - eps.mul_scalar(sigma_t)).div_scalar(d.alpha_bar(t).sqrt());
-                    let (c0, c1) = d.posterior_mean_coefficients(t);
-                    x0.clamp(lo, hi).mul_scalar(c0) + x.mul_scalar(c1)
-                }
-            };
-            x = if t > 1 {
-                let var = match self.variance {
-                    DdpmVariance::Beta => beta,
-                    DdpmVariance::BetaTilde => d.posterior_variance(t),
-                };
-                let z = noise_like(&mean, rng);
-                mean + z.mul_scalar(var.sqrt())
-            } else {
-                mean
-            };
-            check_finite(&x, || format!("DDPM ancestral step {step} (t = {t})"))?;
-            let (t, sigma) = (t as f64 - 1.0, level_sigma(d, t - 1));
-            if observer
-                .on_step(&SampleStep { step, total, t, sigma, x: &x, denoised: None })
-                .is_break()
-            {
-                return Ok(x);
-            }
-        }
-        Ok(x)
+        self.driver()?.sample(model, init, rng, observer)
     }
 }
 
@@ -244,9 +259,4 @@ pub(crate) fn clip_range(lo: f64, hi: f64) -> Result<(f64, f64)> {
     ensure_finite("hi", hi)?;
     ensure_less("lo", lo, "hi", hi)?;
     Ok((lo, hi))
-}
-
-/// `σₜ = √(1 − ᾱₜ)`, the std of `q(xₜ | x₀)`.
-fn level_sigma(d: &Ddpm, t: usize) -> f64 {
-    d.one_minus_alpha_bar(t).sqrt()
 }

@@ -52,6 +52,12 @@ pub trait Step<const D: usize> {
     /// The step's name, for errors and progress (e.g. `"Heun"`).
     fn name(&self) -> &'static str;
 
+    /// Whether the step may stay at one level, as Langevin-type MCMC does: only such steps
+    /// run on a grid whose levels repeat ([`Grid::stationary`]). Default `false`.
+    fn dwells(&self) -> bool {
+        false
+    }
+
     /// Advances `x̃` from node `i` to node `i + 1` of `ctx.grid()`.
     fn step(
         &self,
@@ -60,6 +66,29 @@ pub trait Step<const D: usize> {
         ctx: &mut StepContext<'_, D>,
         state: &mut Self::State,
     ) -> Result<StepOutput<D>>;
+}
+
+/// A borrowed step is a step: a sampler that owns its parameters lends them to a driver.
+impl<St: Step<D> + ?Sized, const D: usize> Step<D> for &St {
+    type State = St::State;
+
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+
+    fn dwells(&self) -> bool {
+        (**self).dwells()
+    }
+
+    fn step(
+        &self,
+        i: usize,
+        x: Tensor<D>,
+        ctx: &mut StepContext<'_, D>,
+        state: &mut Self::State,
+    ) -> Result<StepOutput<D>> {
+        (**self).step(i, x, ctx, state)
+    }
 }
 
 /// What a step returns: the new state `x̃ᵢ₊₁` and its denoised estimate `x̂₀` (the last one
@@ -115,12 +144,21 @@ impl<'a, const D: usize> StepContext<'a, D> {
         if node.sigma == 0.0 {
             return Ok(x.clone());
         }
+        let score = self.score(x, node)?;
+        Ok(x.clone() + score.mul_scalar(node.sigma * node.sigma / node.scale))
+    }
+
+    /// The model's score `s(m·x̃, node)` in the caller's coordinates `x = m·x̃` (one model
+    /// evaluation, also at the clean level): for steps written in `x`, as Langevin and the
+    /// reverse-SDE predictors are.
+    ///
+    /// Errors as [`denoise`](Self::denoise).
+    pub fn score(&mut self, x: &Tensor<D>, node: Node) -> Result<Tensor<D>> {
         let input = if node.scale == 1.0 { x.clone() } else { x.clone().mul_scalar(node.scale) };
-        let level = level_like(node, x);
-        let score = self.model.score(input, &level);
+        let score = self.model.score(input, &level_like(node, x));
         check_output("score model output", &score, x)?;
         self.evaluations += 1;
-        Ok(x.clone() + score.mul_scalar(node.sigma * node.sigma / node.scale))
+        Ok(score)
     }
 
     /// The denoised estimate at node `i` of the grid.
@@ -244,6 +282,10 @@ impl<St> Driver<St> {
         St: Step<D>,
     {
         let name = self.name.unwrap_or_else(|| self.step.name());
+        if self.grid.repeats() && !self.step.dwells() {
+            let reason = "its levels repeat; only Langevin-type steps stay at a level";
+            return Err(Error::invalid("grid", name, reason));
+        }
         check_init(name, model, &init)?;
         let nodes = self.grid.nodes();
         let total = self.grid.steps();

@@ -61,12 +61,14 @@ impl Node {
     }
 }
 
-/// A validated sampling grid of a schedule: `n ≥ 2` nodes with `σ̃` strictly decreasing,
-/// every node inside the schedule's time range except a final clean node.
+/// A validated sampling grid: `n ≥ 2` nodes with `σ̃` strictly decreasing (every node inside
+/// its schedule's time range except a final clean node), or, built by
+/// [`Grid::stationary`], levels repeated for the Langevin-type steps that dwell at a level.
 #[derive(Clone)]
 pub struct Grid {
     nodes: Vec<Node>,
-    schedule: Arc<dyn NoiseSchedule + Send + Sync>,
+    schedule: Option<Arc<dyn NoiseSchedule + Send + Sync>>,
+    repeats: bool,
 }
 
 impl fmt::Debug for Grid {
@@ -106,7 +108,7 @@ impl Grid {
                 nodes.push(Node::at(&schedule, t.clamp(lo, hi)));
             }
         }
-        Self::from_nodes(nodes, Arc::new(schedule))
+        Self::validated(nodes, Some(Arc::new(schedule)), false)
     }
 
     /// The grid at the given levels `σ̃ = σ/m` of `schedule` (largest first), each placed at
@@ -130,7 +132,7 @@ impl Grid {
                 nodes.push(node_at_sigma(schedule.as_ref(), s)?);
             }
         }
-        Self::from_nodes(nodes, schedule)
+        Self::validated(nodes, Some(schedule), false)
     }
 
     /// The schedule's own grid of `n` times ([`NoiseSchedule::grid`]).
@@ -219,31 +221,91 @@ impl Grid {
         self.nodes.iter().map(|n| n.t).collect()
     }
 
-    /// The schedule the grid lies on.
-    pub fn noise_schedule(&self) -> &(dyn NoiseSchedule + Send + Sync) {
-        self.schedule.as_ref()
+    /// The schedule the grid lies on; `None` for a grid built from its nodes
+    /// ([`Grid::from_nodes`], [`Grid::stationary`]).
+    pub fn noise_schedule(&self) -> Option<&(dyn NoiseSchedule + Send + Sync)> {
+        self.schedule.as_deref()
+    }
+
+    /// Whether a level repeats (a [`Grid::stationary`] grid): only steps that
+    /// [dwell](super::Step::dwells) run on such a grid.
+    pub fn repeats(&self) -> bool {
+        self.repeats
     }
 
     /// The node of the grid's schedule at level `σ̃` (off the grid: stochastic solvers that
     /// raise the noise, as EDM's churn, evaluate the model there). `0` is the clean level.
     ///
     /// Errors with [`Error::InvalidParameter`] if `σ̃` is negative, not finite or outside the
-    /// schedule's range of `σ̃`.
+    /// schedule's range of `σ̃`, or the grid has no schedule.
     pub fn node_at(&self, sigma_tilde: f64) -> Result<Node> {
         if sigma_tilde == 0.0 {
             return Ok(Node::CLEAN);
         }
-        node_at_sigma(self.schedule.as_ref(), ensure_positive("sigma", sigma_tilde)?)
+        let Some(schedule) = self.schedule.as_deref() else {
+            let reason = "a grid built from nodes has no schedule to place an off-grid level on";
+            return Err(Error::invalid("grid sigma", sigma_tilde, reason));
+        };
+        node_at_sigma(schedule, ensure_positive("sigma", sigma_tilde)?)
     }
 
-    fn from_nodes(
+    /// The grid of the given nodes, largest noise first, without a schedule (for steps that
+    /// carry their own, as the reverse-SDE predictors; [`node_at`](Self::node_at) then
+    /// errors).
+    ///
+    /// Errors with [`Error::InvalidParameter`] if there are fewer than two nodes, a node's
+    /// `m` is not finite and `> 0` or its `σ` not finite and `≥ 0`, or `σ̃` does not strictly
+    /// decrease.
+    pub fn from_nodes(nodes: Vec<Node>) -> Result<Self> {
+        Self::validated(nodes, None, false)
+    }
+
+    /// The grid that starts at the first of `levels` and stays `per_level` steps at each
+    /// level in turn: nodes `[l₁, l₁ ×K, l₂ ×K, …, l_L ×K]` with `K = per_level`, for
+    /// Langevin-type steps that sample one level by MCMC before moving to the next (NCSN's
+    /// annealed Langevin; Langevin at one level is `L = 1`).
+    ///
+    /// Errors with [`Error::InvalidParameter`] if `levels` is empty, `per_level = 0`, a
+    /// level's `m` or `σ` is invalid (as [`Grid::from_nodes`]) or `σ̃` does not strictly
+    /// decrease from one level to the next.
+    pub fn stationary(levels: &[Node], per_level: usize) -> Result<Self> {
+        if per_level == 0 {
+            return Err(Error::invalid("per_level", 0, "at least one step per level is needed"));
+        }
+        Self::check_decreasing(levels)?;
+        let Some(&first) = levels.first() else {
+            return Err(Error::invalid("levels", "[]", "at least one level is needed"));
+        };
+        let mut nodes = vec![first];
+        for &level in levels {
+            nodes.extend(std::iter::repeat_n(level, per_level));
+        }
+        Self::validated(nodes, None, true)
+    }
+
+    fn validated(
         nodes: Vec<Node>,
-        schedule: Arc<dyn NoiseSchedule + Send + Sync>,
+        schedule: Option<Arc<dyn NoiseSchedule + Send + Sync>>,
+        repeats: bool,
     ) -> Result<Self> {
         if nodes.len() < 2 {
             let reason = "a grid needs at least two levels (one step)";
             return Err(Error::invalid("grid", format!("{} level(s)", nodes.len()), reason));
         }
+        for n in &nodes {
+            if !(n.scale.is_finite() && n.scale > 0.0 && n.sigma.is_finite() && n.sigma >= 0.0) {
+                let reason = "the schedule's m(t) must be finite and > 0, σ(t) finite and ≥ 0";
+                return Err(Error::invalid("grid", format!("{n:?}"), reason));
+            }
+        }
+        if !repeats {
+            Self::check_decreasing(&nodes)?;
+        }
+        Ok(Grid { nodes, schedule, repeats })
+    }
+
+    /// Errors unless `σ̃` strictly decreases along `nodes`.
+    fn check_decreasing(nodes: &[Node]) -> Result<()> {
         for (i, pair) in nodes.windows(2).enumerate() {
             let (a, b) = (pair[0].sigma_tilde(), pair[1].sigma_tilde());
             if b >= a || b.is_nan() {
@@ -252,13 +314,7 @@ impl Grid {
                 return Err(Error::invalid("grid", format!("{a} → {b}"), reason));
             }
         }
-        for n in &nodes {
-            if !(n.scale.is_finite() && n.scale > 0.0 && n.sigma.is_finite() && n.sigma >= 0.0) {
-                let reason = "the schedule's m(t) must be finite and > 0, σ(t) finite and ≥ 0";
-                return Err(Error::invalid("grid", format!("{n:?}"), reason));
-            }
-        }
-        Ok(Grid { nodes, schedule })
+        Ok(())
     }
 }
 
@@ -445,6 +501,30 @@ mod tests {
             assert!((s[i] - want(i as f64)).abs() <= 1e-12 * want(i as f64), "{i}");
         }
         assert_eq!((s[0], s[17]), (80.0, 0.002));
+    }
+
+    #[test]
+    fn stationary_grids_repeat_each_level_and_validate_them() {
+        let (a, b) =
+            (Node { t: 2.0, scale: 1.0, sigma: 2.0 }, Node { t: 1.0, scale: 1.0, sigma: 1.0 });
+        let grid = Grid::stationary(&[a, b], 3).unwrap();
+        assert_eq!(grid.nodes(), [a, a, a, a, b, b, b]);
+        assert!(grid.repeats() && grid.noise_schedule().is_none());
+        assert_eq!(grid.clone().with_zero().nodes().last(), Some(&Node::CLEAN));
+        // One level, K steps: Langevin at a fixed level (here the clean one).
+        assert_eq!(Grid::stationary(&[Node::CLEAN], 2).unwrap().nodes(), [Node::CLEAN; 3]);
+        let invalid = |r: Result<Grid>| matches!(r, Err(Error::InvalidParameter { .. }));
+        assert!(invalid(Grid::stationary(&[], 3)));
+        assert!(invalid(Grid::stationary(&[a], 0)));
+        assert!(invalid(Grid::stationary(&[b, a], 2))); // increasing levels
+        assert!(invalid(Grid::stationary(&[a, a], 2))); // a level given twice
+        let bad = Node { t: 1.0, scale: 0.0, sigma: 1.0 };
+        assert!(invalid(Grid::stationary(&[bad], 1)));
+        // A grid of nodes is strict, and without a schedule it cannot place an off-grid level.
+        assert!(invalid(Grid::from_nodes(vec![a, a])));
+        let grid = Grid::from_nodes(vec![a, b]).unwrap();
+        assert!(!grid.repeats());
+        assert!(matches!(grid.node_at(1.5), Err(Error::InvalidParameter { .. })));
     }
 
     #[test]

@@ -15,13 +15,13 @@
 //! weights. Annealing the noise level ([`AnnealedLangevin`](super::AnnealedLangevin)) fixes
 //! that.
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
 use rand::RngCore;
 
 use crate::error::{Error, Result, ensure_finite, ensure_positive};
-use crate::sampler::{Observer, SampleStep, Sampler, check_finite, check_init, noise_like};
+use crate::sampler::{Driver, Grid, Node, Observer, Sampler, Step, StepContext, StepOutput};
 use crate::schedule::NoiseSchedule;
-use crate::score::{NoiseLevel, ScoreModel};
+use crate::score::ScoreModel;
 
 /// Langevin dynamics `x ← x + (α/2)·s(x, level) + √α·z` for a fixed number of steps at one
 /// fixed noise level (by default the clean level `t = 0`, `m = 1`, `σ = 0`).
@@ -106,21 +106,57 @@ impl Langevin {
         self.sigma
     }
 
-    /// The fixed noise level for a batch of `batch` samples.
-    fn level(&self, batch: usize, device: &Device) -> NoiseLevel {
-        NoiseLevel {
-            t: Tensor::full([batch], self.t, device),
-            scale: Tensor::full([batch], self.scale, device),
-            sigma: Tensor::full([batch], self.sigma, device),
+    /// The level the model is conditioned on.
+    pub fn node(&self) -> Node {
+        Node { t: self.t, scale: self.scale, sigma: self.sigma }
+    }
+
+    /// The driver that runs this sampler: `K` steps on the [stationary](Grid::stationary)
+    /// grid of its one level.
+    pub fn driver(&self) -> Result<Driver<Langevin>> {
+        Ok(Driver::new(*self, Grid::stationary(&[self.node()], self.steps)?))
+    }
+}
+
+/// One Langevin step at the level of node `i + 1`, on `x̃ = x/m`:
+/// `x̃ ← x̃ + (α/2m)·s(m·x̃) + (√α/m)·z`, the update `x ← x + (α/2)·s + √α·z` divided by `m`.
+impl<const D: usize> Step<D> for Langevin {
+    type State = ();
+
+    fn name(&self) -> &'static str {
+        "Langevin"
+    }
+
+    fn dwells(&self) -> bool {
+        true
+    }
+
+    fn step(
+        &self,
+        i: usize,
+        x: Tensor<D>,
+        ctx: &mut StepContext<'_, D>,
+        _: &mut (),
+    ) -> Result<StepOutput<D>> {
+        let node = ctx.node(i + 1);
+        let (alpha, m) = (self.step_size, node.scale);
+        let s = ctx.score(&x, node)?;
+        let denoised = x.clone() + s.clone().mul_scalar(node.sigma * node.sigma / m);
+        let mut x = x + s.mul_scalar(alpha / (2.0 * m)); // x̃ + (α/2m)·s
+        if self.noise {
+            x = x.clone() + ctx.noise(&x)?.mul_scalar(alpha.sqrt() / m); // + (√α/m)·z
         }
+        Ok(StepOutput { x, denoised })
     }
 }
 
 impl<M: ScoreModel<D>, const D: usize> Sampler<M, D> for Langevin {
-    /// Runs `K` steps from `init`; reports each with the fixed `t` and `σ`.
+    /// Runs `K` steps from `init` on [`Langevin::driver`]; reports each with the fixed `t`
+    /// and `σ`.
     ///
     /// Errors with [`Error::ShapeMismatch`] if `init` is not a non-empty batch of the model's
-    /// sample shape, and with [`Error::NonFinite`] if `init` or a step is not finite.
+    /// sample shape or the model's output has another shape, and with [`Error::NonFinite`]
+    /// if `init` or a step is not finite.
     fn sample(
         &self,
         model: &M,
@@ -128,26 +164,6 @@ impl<M: ScoreModel<D>, const D: usize> Sampler<M, D> for Langevin {
         rng: &mut dyn RngCore,
         observer: &mut dyn Observer<D>,
     ) -> Result<Tensor<D>> {
-        let batch = check_init("Langevin", model, &init)?;
-        let level = self.level(batch, &init.device());
-        let alpha = self.step_size;
-        let mut x = init;
-        for step in 0..self.steps {
-            let s = model.score(x.clone(), &level);
-            x = x + s.mul_scalar(alpha / 2.0); // x + (α/2)·s
-            if self.noise {
-                let z = noise_like(&x, rng);
-                x = x + z.mul_scalar(alpha.sqrt()); // + √α·z
-            }
-            check_finite(&x, || format!("Langevin step {step}"))?;
-            let (t, sigma, total) = (self.t, self.sigma, self.steps);
-            if observer
-                .on_step(&SampleStep { step, total, t, sigma, x: &x, denoised: None })
-                .is_break()
-            {
-                return Ok(x);
-            }
-        }
-        Ok(x)
+        self.driver()?.sample(model, init, rng, observer)
     }
 }

@@ -17,6 +17,14 @@
 //! | [`DpmSolverPp2MSde`] | `dpmpp_2m_sde.rs` | 2 (ODE), SDE | 1 | Lu et al. 2022 |
 //! | [`DpmSolverPp3MSde`] | `dpmpp_3m_sde.rs` | 3 (ODE), SDE | 1 | Lu et al. 2022 |
 //! | [`UniPc`] | `unipc.rs` | order + 1 with the corrector | 1 | Zhao et al. 2023 |
+//!
+//! The classic samplers are steps on the same driver, each with a `driver()` that builds its
+//! grid: [`Langevin`] and [`AnnealedLangevin`] dwell at their levels (a
+//! [`Grid::stationary`]), [`ReverseSde`] (predictor and corrector in one step) and
+//! [`DdpmAncestral`] step in the caller's coordinates with their own schedule, and [`Ddim`]
+//! is [`EulerAncestral`]. Only [`ProbabilityFlow`] keeps its own integrator (`ode.rs`): it is
+//! adaptive (Dormand–Prince), runs both ways (sampling and encoding), and the likelihood
+//! integrates it with an augmented state; `ode.rs` is the one module both share.
 
 pub mod annealed;
 pub mod ddpm;

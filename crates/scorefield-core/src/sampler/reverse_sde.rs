@@ -42,9 +42,9 @@ use burn::tensor::Tensor;
 use rand::RngCore;
 
 use crate::error::{Error, Result, ensure_positive};
-use crate::sampler::{Observer, SampleStep, Sampler, check_finite, check_init, noise_like};
+use crate::sampler::{Driver, Grid, Node, Observer, Sampler, Step, StepContext, StepOutput};
 use crate::schedule::NoiseSchedule;
-use crate::score::{NoiseLevel, ScoreModel};
+use crate::score::ScoreModel;
 
 /// The predictor: one step of the reverse SDE from `t` to `t' < t` (formulas in the module
 /// documentation).
@@ -144,6 +144,7 @@ impl<S: NoiseSchedule> ReverseSde<S> {
             }
         }
         let times = schedule.grid(steps + 1)?;
+        Grid::from_nodes(times.iter().map(|&t| Node::at(&schedule, t)).collect())?; // σ̃ ↓
         let family = Family::of(&schedule, &times);
         if predictor == Predictor::Ancestral && family == Family::Other {
             let reason = "needs a variance-exploding (m = 1) or variance-preserving \
@@ -216,42 +217,84 @@ impl<S: NoiseSchedule> ReverseSde<S> {
         }
     }
 
-    /// The corrector's steps at time `t` (level `level`), with `α = (m(t)/m(t'))²`.
-    fn correct<M: ScoreModel<D>, const D: usize>(
+    /// The corrector's steps at node `node` (time `t`) on `x̃ = x/m`, with
+    /// `α = (m(t)/m(t'))²`: `x ← x + ε·s + √(2ε)·z`, divided by `m`.
+    fn correct<const D: usize>(
         &self,
-        model: &M,
         mut x: Tensor<D>,
-        level: &NoiseLevel,
-        (t, alpha): (f64, f64),
-        rng: &mut dyn RngCore,
-    ) -> Tensor<D> {
+        node: Node,
+        alpha: f64,
+        ctx: &mut StepContext<'_, D>,
+    ) -> Result<Tensor<D>> {
         let (snr, steps) = match self.corrector {
-            Corrector::None => return x,
+            Corrector::None => return Ok(x),
             Corrector::Langevin { snr, steps } | Corrector::AnnealedLangevin { snr, steps } => {
                 (snr, steps)
             }
         };
+        let m = node.scale;
         for _ in 0..steps {
-            let s = model.score(x.clone(), level);
-            let z = noise_like(&x, rng);
+            let s = ctx.score(&x, node)?;
+            let z = ctx.noise(&x)?;
             let eps = match self.corrector {
-                Corrector::AnnealedLangevin { .. } => {
-                    2.0 * alpha * (snr * self.schedule.marginal(t).std).powi(2)
-                }
+                Corrector::AnnealedLangevin { .. } => 2.0 * alpha * (snr * node.sigma).powi(2),
                 _ => 2.0 * alpha * (snr * mean_norm(&z) / mean_norm(&s)).powi(2),
             };
-            x = x + s.mul_scalar(eps) + z.mul_scalar((2.0 * eps).sqrt()); // x + ε s + √(2ε) z
+            x = x + s.mul_scalar(eps / m) + z.mul_scalar((2.0 * eps).sqrt() / m); // (x + ε s + √(2ε) z)/m
         }
-        x
+        Ok(x)
+    }
+
+    /// The driver that runs this sampler: its steps on the grid of its times (without a
+    /// schedule of its own: the predictors read `f`, `g` and the marginals from
+    /// [`schedule`](Self::schedule)).
+    pub fn driver(&self) -> Result<Driver<&Self>> {
+        let nodes = self.times.iter().map(|&t| Node::at(&self.schedule, t)).collect();
+        Ok(Driver::new(self, Grid::from_nodes(nodes)?))
+    }
+}
+
+/// Step `i`, from `t = tᵢ` to `t' = tᵢ₊₁`: the corrector at `t`, then the predictor, on
+/// `x = m(t)·x̃`; the state returned is `x'/m(t')`. The last step returns the predictor's
+/// mean if [`denoise`](ReverseSde::denoise) is set.
+impl<S: NoiseSchedule, const D: usize> Step<D> for ReverseSde<S> {
+    type State = ();
+
+    fn name(&self) -> &'static str {
+        "reverse SDE"
+    }
+
+    fn step(
+        &self,
+        i: usize,
+        x: Tensor<D>,
+        ctx: &mut StepContext<'_, D>,
+        _: &mut (),
+    ) -> Result<StepOutput<D>> {
+        let (node, next) = (ctx.node(i), ctx.node(i + 1));
+        let alpha = (node.scale / next.scale).powi(2);
+        let x = self.correct(x, node, alpha, ctx)?;
+        let s = ctx.score(&x, node)?;
+        let denoised = x.clone() + s.clone().mul_scalar(node.sigma * node.sigma / node.scale);
+        let (mean, std) =
+            self.predict(x.mul_scalar(node.scale), s, self.times[i], self.times[i + 1]);
+        let x = if self.denoise && i + 1 == self.times.len() - 1 {
+            mean
+        } else {
+            let z = ctx.noise(&mean)?;
+            mean + z.mul_scalar(std)
+        };
+        Ok(StepOutput { x: x.div_scalar(next.scale), denoised })
     }
 }
 
 impl<S: NoiseSchedule, M: ScoreModel<D>, const D: usize> Sampler<M, D> for ReverseSde<S> {
-    /// Runs the `N` corrector + predictor steps from `init` (a prior sample at `T`); step `i`
-    /// is reported with the time `tᵢ₊₁` it ends at.
+    /// Runs the `N` corrector + predictor steps from `init` (a prior sample at `T`) on
+    /// [`ReverseSde::driver`]; step `i` is reported with the time `tᵢ₊₁` it ends at.
     ///
     /// Errors with [`Error::ShapeMismatch`] if `init` is not a non-empty batch of the model's
-    /// sample shape, and with [`Error::NonFinite`] if `init` or a step is not finite.
+    /// sample shape or the model's output has another shape, and with [`Error::NonFinite`]
+    /// if `init` or a step is not finite.
     fn sample(
         &self,
         model: &M,
@@ -259,34 +302,7 @@ impl<S: NoiseSchedule, M: ScoreModel<D>, const D: usize> Sampler<M, D> for Rever
         rng: &mut dyn RngCore,
         observer: &mut dyn Observer<D>,
     ) -> Result<Tensor<D>> {
-        let batch = check_init("reverse SDE", model, &init)?;
-        let device = init.device();
-        let total = self.times.len() - 1;
-        let mut x = init;
-        for (step, pair) in self.times.windows(2).enumerate() {
-            let (t, t2) = (pair[0], pair[1]);
-            let level = NoiseLevel::constant(&self.schedule, t, batch, &device);
-            let alpha =
-                (self.schedule.marginal(t).scale / self.schedule.marginal(t2).scale).powi(2);
-            x = self.correct(model, x, &level, (t, alpha), rng);
-            let s = model.score(x.clone(), &level);
-            let (mean, std) = self.predict(x, s, t, t2);
-            x = if self.denoise && step + 1 == total {
-                mean
-            } else {
-                let z = noise_like(&mean, rng);
-                mean + z.mul_scalar(std)
-            };
-            check_finite(&x, || format!("reverse SDE step {step} (t = {t} → {t2})"))?;
-            let sigma = self.schedule.marginal(t2).std;
-            if observer
-                .on_step(&SampleStep { step, total, t: t2, sigma, x: &x, denoised: None })
-                .is_break()
-            {
-                return Ok(x);
-            }
-        }
-        Ok(x)
+        self.driver()?.sample(model, init, rng, observer)
     }
 }
 
