@@ -8,11 +8,12 @@ use scorefield::analytic::Gaussian;
 use scorefield::nn::{Conditioning, ScoreMlpConfig, Trainer, TrainerConfig};
 use scorefield::objective::{DenoisingScoreMatching, Objective};
 use scorefield::param::{
-    DataPrediction, EpsilonPrediction, Network, Preconditioned, ScorePrediction, VPrediction,
+    DataPrediction, EpsilonPrediction, Network, Preconditioned, ScorePrediction, SigmaTilde,
+    VPrediction,
 };
 use scorefield::schedule::VpSde;
 use scorefield::score::per_sample;
-use scorefield::{Error, NoiseLevel, ScoreModel};
+use scorefield::{Error, NoiseLevel, NoiseSchedule, ScoreModel};
 
 use crate::common::{flex, values};
 
@@ -95,6 +96,32 @@ fn every_parameterisation_of_the_exact_network_is_the_exact_score() {
         assert!(err < 1e-9, "{name}: max error {err:e}");
     }
     assert!(matches!(Preconditioned::new(Exact::Score, 0.0), Err(Error::InvalidParameter { .. })));
+}
+
+/// A network that shows the level it is given: columns `t`, `m`, `σ`.
+struct Probe;
+
+impl Network<2> for Probe {
+    fn forward(&self, x: Tensor<2>, level: &NoiseLevel) -> Tensor<2> {
+        let col = |t: &Tensor<1>| t.clone().reshape([x.dims()[0], 1]).cast(x.dtype());
+        Tensor::cat(vec![col(&level.t), col(&level.scale), col(&level.sigma)], 1)
+    }
+}
+
+#[test]
+fn sigma_tilde_conditions_the_network_on_sigma_over_m() {
+    let device = flex();
+    let vp = VpSde::new(0.1, 20.0).unwrap();
+    let times = [0.05, 0.5, 1.0];
+    let level = NoiseLevel::at_times(&vp, &times, &device);
+    let got = values(SigmaTilde { net: Probe }.forward(Tensor::zeros([3, 3], &device), &level));
+    for (i, &t) in times.iter().enumerate() {
+        let m = vp.marginal(t);
+        let want = [t, 1.0, m.std / m.scale];
+        for (g, w) in got[3 * i..3 * i + 3].iter().zip(want) {
+            assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "t = {t}: {g} vs {w}");
+        }
+    }
 }
 
 /// With `σ_data` the data's standard deviation, EDM's weighting makes the exact model's

@@ -19,7 +19,8 @@
 //! sees the scale-free state `x̃ = x/m` at the level `σ̃ = σ/m`, so one network trained on
 //! any schedule serves VE-form and VP-form solvers alike. It hands the network the level
 //! `t = c_noise`, `m = 1`, `σ = σ̃`: a network conditioned on `ln σ` sees `ln σ̃ = 4·c_noise`,
-//! one conditioned on `t` sees `c_noise`.
+//! one conditioned on `t` sees `c_noise`. [`SigmaTilde`] conditions any network on `σ̃`
+//! without preconditioning it.
 
 use burn::module::Module;
 use burn::tensor::Tensor;
@@ -66,6 +67,30 @@ pub struct DataPrediction<N> {
 pub struct VPrediction<N> {
     /// The network.
     pub net: N,
+}
+
+/// A network conditioned in the σ-parameterisation: it sees the level `σ̃ = σ/m`, `m = 1`
+/// (the same `t`) and the state `x` unchanged. `ln σ̃ = −½ log SNR` spreads a VP chain's steps
+/// evenly where `ln σ` would squeeze its noisy half near 0 (DDPM's last 500 of 1000 steps
+/// have `ln σ ∈ [−0.04, 0]`); wrap the network in it and the parameterisation around it,
+/// e.g. `EpsilonPrediction { net: SigmaTilde { net } }`.
+#[derive(Module, Debug)]
+pub struct SigmaTilde<N> {
+    /// The network.
+    pub net: N,
+}
+
+impl<const D: usize, N: Network<D>> Network<D> for SigmaTilde<N> {
+    /// `F(x, (t, 1, σ/m))`.
+    fn forward(&self, x: Tensor<D>, level: &NoiseLevel) -> Tensor<D> {
+        let sigma = level.sigma.clone().div(level.scale.clone());
+        let tilde = NoiseLevel { t: level.t.clone(), scale: level.scale.ones_like(), sigma };
+        self.net.forward(x, &tilde)
+    }
+
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        self.net.sample_shape()
+    }
 }
 
 /// EDM's preconditioned denoiser `D = c_skip·x̃ + c_out·F(c_in·x̃; c_noise)` (Karras et al.
