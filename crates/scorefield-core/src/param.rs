@@ -21,12 +21,17 @@
 //! `t = c_noise`, `m = 1`, `σ = σ̃`: a network conditioned on `ln σ` sees `ln σ̃ = 4·c_noise`,
 //! one conditioned on `t` sees `c_noise`. [`SigmaTilde`] conditions any network on `σ̃`
 //! without preconditioning it.
+//!
+//! A network with an exact JVP ([`NetworkJvp`]: `NcsnUnet` and `ScoreMlp`, from their dual
+//! layers) makes every parameterisation an exact [`ScoreJvp`] (each score is affine in `F`
+//! and `x` per sample), so exact score matching and the likelihood's exact divergence work
+//! through them.
 
 use burn::module::Module;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 
 use crate::error::{Result, ensure_positive};
-use crate::score::{NoiseLevel, ScoreModel, per_sample};
+use crate::score::{NoiseLevel, ScoreJvp, ScoreModel, per_sample};
 
 /// A network's raw output `F(x, level)`, the same shape as `x`; a parameterisation says what
 /// it means.
@@ -38,6 +43,21 @@ pub trait Network<const D: usize> {
     fn sample_shape(&self) -> Option<Vec<usize>> {
         None
     }
+}
+
+/// A [`Network`] with its exact Jacobian-vector product `J_F(x)·v` (networks of dual layers):
+/// every parameterisation of it is then a [`ScoreJvp`], exactly.
+pub trait NetworkJvp<const D: usize>: Network<D> {
+    /// `(F(x), J_F(x)·v)` for `K` tangents per sample, as [`ScoreJvp::score_jvp_many`]: `v`
+    /// has batch `K·B`, row `k·B + b` the `k`-th direction for sample `b`.
+    fn forward_jvp(&self, x: Tensor<D>, level: &NoiseLevel, v: Tensor<D>)
+    -> (Tensor<D>, Tensor<D>);
+}
+
+/// The per-sample values `c` (batch `B`) broadcast against the tangents `v` (batch `K·B`).
+fn per_tangent<const D: usize>(c: &Tensor<1>, v: &Tensor<D>) -> Tensor<D> {
+    let k = v.dims()[0] / c.dims()[0].max(1);
+    per_sample::<D>(&c.clone().repeat_dim(0, k), v)
 }
 
 /// `s = F(x, level)`: the network predicts the score.
@@ -80,16 +100,31 @@ pub struct SigmaTilde<N> {
     pub net: N,
 }
 
+/// The level `(t, 1, σ/m)`.
+fn tilde_level(level: &NoiseLevel) -> NoiseLevel {
+    let sigma = level.sigma.clone().div(level.scale.clone());
+    NoiseLevel { t: level.t.clone(), scale: level.scale.ones_like(), sigma }
+}
+
 impl<const D: usize, N: Network<D>> Network<D> for SigmaTilde<N> {
     /// `F(x, (t, 1, σ/m))`.
     fn forward(&self, x: Tensor<D>, level: &NoiseLevel) -> Tensor<D> {
-        let sigma = level.sigma.clone().div(level.scale.clone());
-        let tilde = NoiseLevel { t: level.t.clone(), scale: level.scale.ones_like(), sigma };
-        self.net.forward(x, &tilde)
+        self.net.forward(x, &tilde_level(level))
     }
 
     fn sample_shape(&self) -> Option<Vec<usize>> {
         self.net.sample_shape()
+    }
+}
+
+impl<const D: usize, N: NetworkJvp<D>> NetworkJvp<D> for SigmaTilde<N> {
+    fn forward_jvp(
+        &self,
+        x: Tensor<D>,
+        level: &NoiseLevel,
+        v: Tensor<D>,
+    ) -> (Tensor<D>, Tensor<D>) {
+        self.net.forward_jvp(x, &tilde_level(level), v)
     }
 }
 
@@ -133,22 +168,40 @@ impl<N> Preconditioned<N> {
     where
         N: Network<D>,
     {
-        let sd2 = self.sigma_data * self.sigma_data;
-        let scale = per_sample::<D>(&level.scale, &x);
-        let sigma = level.sigma.clone().cast(x.dtype()).div(level.scale.clone().cast(x.dtype()));
-        let var = sigma.clone().square().add_scalar(sd2); // σ̃² + σ_d²
-        let c_skip = per_sample::<D>(&var.clone().recip().mul_scalar(sd2), &x);
-        let c_out =
-            per_sample::<D>(&sigma.clone().mul_scalar(self.sigma_data).div(var.clone().sqrt()), &x);
-        let c_in = per_sample::<D>(&var.sqrt().recip(), &x);
-        let c_noise = sigma.clone().clamp_min(1e-30).log().mul_scalar(0.25);
-        let sigma_b = per_sample::<D>(&sigma, &x);
-        let inner = NoiseLevel { t: c_noise, scale: sigma.ones_like(), sigma };
-        let x_tilde = x.div(scale.clone());
-        let out = self.net.forward(x_tilde.clone().mul(c_in), &inner);
-        let denoised = x_tilde.clone().mul(c_skip) + out.mul(c_out);
+        let c = self.coefficients(level, x.dtype());
+        let on = |c: &Tensor<1>| per_sample::<D>(c, &x);
+        let (scale, sigma_b) = (on(&level.scale), on(&c.inner.sigma));
+        let x_tilde = x.clone().div(scale.clone());
+        let out = self.net.forward(x_tilde.clone().mul(on(&c.c_in)), &c.inner);
+        let denoised = x_tilde.clone().mul(on(&c.c_skip)) + out.mul(on(&c.c_out));
         (x_tilde, denoised, scale, sigma_b)
     }
+
+    /// EDM's `c_skip`, `c_out`, `c_in` per sample (in `dtype`) and the level
+    /// `(c_noise, 1, σ̃)` the network sees.
+    fn coefficients(&self, level: &NoiseLevel, dtype: DType) -> Coefficients {
+        let sd2 = self.sigma_data * self.sigma_data;
+        let sigma = level.sigma.clone().cast(dtype).div(level.scale.clone().cast(dtype));
+        let var = sigma.clone().square().add_scalar(sd2); // σ̃² + σ_d²
+        Coefficients {
+            c_skip: var.clone().recip().mul_scalar(sd2),
+            c_out: sigma.clone().mul_scalar(self.sigma_data).div(var.clone().sqrt()),
+            c_in: var.sqrt().recip(),
+            inner: NoiseLevel {
+                t: sigma.clone().clamp_min(1e-30).log().mul_scalar(0.25), // c_noise
+                scale: sigma.ones_like(),
+                sigma,
+            },
+        }
+    }
+}
+
+/// EDM's preconditioning coefficients for a batch.
+struct Coefficients {
+    c_skip: Tensor<1>,
+    c_out: Tensor<1>,
+    c_in: Tensor<1>,
+    inner: NoiseLevel,
 }
 
 impl<const D: usize, N: Network<D>> ScoreModel<D> for ScorePrediction<N> {
@@ -212,5 +265,118 @@ impl<const D: usize, N: Network<D>> ScoreModel<D> for Preconditioned<N> {
 
     fn sample_shape(&self) -> Option<Vec<usize>> {
         self.net.sample_shape()
+    }
+}
+
+/// The JVPs of the parameterisations: each score is affine in `F` and `x` with per-sample
+/// coefficients, so `J_s·v` follows from `J_F·v` exactly (same formulas, `x → v`, no offsets).
+macro_rules! score_jvp_via_many {
+    () => {
+        fn score_jvp(
+            &self,
+            x: Tensor<D>,
+            level: &NoiseLevel,
+            v: Tensor<D>,
+        ) -> (Tensor<D>, Tensor<D>) {
+            self.score_jvp_many(x, level, v)
+        }
+    };
+}
+
+impl<const D: usize, N: NetworkJvp<D>> ScoreJvp<D> for ScorePrediction<N> {
+    score_jvp_via_many!();
+
+    /// `(F, J_F·v)`.
+    fn score_jvp_many(
+        &self,
+        x: Tensor<D>,
+        level: &NoiseLevel,
+        v: Tensor<D>,
+    ) -> (Tensor<D>, Tensor<D>) {
+        self.net.forward_jvp(x, level, v)
+    }
+}
+
+impl<const D: usize, N: NetworkJvp<D>> ScoreJvp<D> for EpsilonPrediction<N> {
+    score_jvp_via_many!();
+
+    /// `(−F/σ, −J_F·v/σ)`.
+    fn score_jvp_many(
+        &self,
+        x: Tensor<D>,
+        level: &NoiseLevel,
+        v: Tensor<D>,
+    ) -> (Tensor<D>, Tensor<D>) {
+        let (sigma, sigma_v) = (per_sample::<D>(&level.sigma, &x), per_tangent(&level.sigma, &v));
+        let (f, jf) = self.net.forward_jvp(x, level, v);
+        (f.div(sigma).neg(), jf.div(sigma_v).neg())
+    }
+}
+
+impl<const D: usize, N: NetworkJvp<D>> ScoreJvp<D> for DataPrediction<N> {
+    score_jvp_via_many!();
+
+    /// `((m·F − x)/σ², (m·J_F·v − v)/σ²)`.
+    fn score_jvp_many(
+        &self,
+        x: Tensor<D>,
+        level: &NoiseLevel,
+        v: Tensor<D>,
+    ) -> (Tensor<D>, Tensor<D>) {
+        let (m, var) =
+            (per_sample::<D>(&level.scale, &x), per_sample::<D>(&level.sigma, &x).square());
+        let (m_v, var_v) = (per_tangent(&level.scale, &v), per_tangent(&level.sigma, &v).square());
+        let (f, jf) = self.net.forward_jvp(x.clone(), level, v.clone());
+        (f.mul(m).sub(x).div(var), jf.mul(m_v).sub(v).div(var_v))
+    }
+}
+
+impl<const D: usize, N: NetworkJvp<D>> ScoreJvp<D> for VPrediction<N> {
+    score_jvp_via_many!();
+
+    /// `x̂₀ = (m·x/r − σ·F)/r`, `s = (m·x̂₀ − x)/σ²`, and the same with `x → v`, `F → J_F·v`.
+    fn score_jvp_many(
+        &self,
+        x: Tensor<D>,
+        level: &NoiseLevel,
+        v: Tensor<D>,
+    ) -> (Tensor<D>, Tensor<D>) {
+        let score = |x: Tensor<D>, f: Tensor<D>, m: Tensor<D>, sigma: Tensor<D>| {
+            let r2 = m.clone().square() + sigma.clone().square();
+            let x0 = (x.clone().mul(m.clone()).div(r2.clone().sqrt()) - f.mul(sigma.clone()))
+                .div(r2.sqrt());
+            x0.mul(m).sub(x).div(sigma.square())
+        };
+        let (m, sigma) = (per_sample::<D>(&level.scale, &x), per_sample::<D>(&level.sigma, &x));
+        let (m_v, sigma_v) = (per_tangent(&level.scale, &v), per_tangent(&level.sigma, &v));
+        let (f, jf) = self.net.forward_jvp(x.clone(), level, v.clone());
+        (score(x, f, m, sigma), score(v, jf, m_v, sigma_v))
+    }
+}
+
+impl<const D: usize, N: NetworkJvp<D>> ScoreJvp<D> for Preconditioned<N> {
+    score_jvp_via_many!();
+
+    /// With `ṽ = v/m`: `D' = c_skip·ṽ + c_out·J_F(c_in·x̃)·(c_in·ṽ)`, `s' = (D' − ṽ)/(m·σ̃²)`.
+    fn score_jvp_many(
+        &self,
+        x: Tensor<D>,
+        level: &NoiseLevel,
+        v: Tensor<D>,
+    ) -> (Tensor<D>, Tensor<D>) {
+        let c = self.coefficients(level, x.dtype());
+        let on = |c: &Tensor<1>| per_sample::<D>(c, &x);
+        let on_v = |c: &Tensor<1>| per_tangent(c, &v);
+        let x_tilde = x.clone().div(on(&level.scale));
+        let v_tilde = v.clone().div(on_v(&level.scale));
+        let (f, jf) = self.net.forward_jvp(
+            x_tilde.clone().mul(on(&c.c_in)),
+            &c.inner,
+            v_tilde.clone().mul(on_v(&c.c_in)),
+        );
+        let d = x_tilde.clone().mul(on(&c.c_skip)) + f.mul(on(&c.c_out));
+        let dv = v_tilde.clone().mul(on_v(&c.c_skip)) + jf.mul(on_v(&c.c_out));
+        let denom = level.scale.clone().cast(x.dtype()).mul(c.inner.sigma.clone().square());
+        (d.sub(x_tilde).div(on(&denom)), dv.sub(v_tilde).div(on_v(&denom)))
     }
 }

@@ -16,7 +16,7 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::{silu, softplus};
 use burn::tensor::{Device, Tensor};
-use scorefield_core::param::Network;
+use scorefield_core::param::{Network, NetworkJvp};
 use scorefield_core::{NoiseLevel, ScoreJvp, ScoreModel};
 
 use crate::dual::Dual;
@@ -185,6 +185,15 @@ impl ScoreMlp {
 
     /// The score and the JVPs for `K` tangents per sample (`v` of batch `K·B`).
     pub fn forward_dual(&self, x: Tensor<2>, level: &NoiseLevel, v: Tensor<2>) -> Dual<2> {
+        let out = self.raw_dual(x, level, v);
+        match self.output_scale(level) {
+            Some(scale) => out.mul_constant(scale),
+            None => out,
+        }
+    }
+
+    /// The output layer's value and JVPs, before the optional `1/σ`.
+    fn raw_dual(&self, x: Tensor<2>, level: &NoiseLevel, v: Tensor<2>) -> Dual<2> {
         let terms = self.embedding_terms(level);
         let mut h = self.input.forward_dual(Dual::new(x, v));
         if let Some(p) = terms.first() {
@@ -196,11 +205,7 @@ impl ScoreMlp {
                 h = h.add_constant(p.clone());
             }
         }
-        let out = self.output.forward_dual(self.activation.apply_dual(h));
-        match self.output_scale(level) {
-            Some(scale) => out.mul_constant(scale),
-            None => out,
-        }
+        self.output.forward_dual(self.activation.apply_dual(h))
     }
 }
 
@@ -245,6 +250,19 @@ impl Network<2> for ScoreMlp {
 
     fn sample_shape(&self) -> Option<Vec<usize>> {
         Some(vec![self.dim()])
+    }
+}
+
+/// The exact JVP of the raw output, for the parameterisations' exact [`ScoreJvp`].
+impl NetworkJvp<2> for ScoreMlp {
+    fn forward_jvp(
+        &self,
+        x: Tensor<2>,
+        level: &NoiseLevel,
+        v: Tensor<2>,
+    ) -> (Tensor<2>, Tensor<2>) {
+        let d = self.raw_dual(x, level, v);
+        (d.value, d.tangent)
     }
 }
 
@@ -301,6 +319,50 @@ mod tests {
                 assert!(diff < 1e-12, "dual value differs from the plain forward by {diff}");
                 assert_jvp(|x| mlp.score(x, &level), x, v, jvp);
             }
+        }
+    }
+
+    /// Every parameterisation of a network is a [`ScoreJvp`] whose JVP is exact: it equals
+    /// central differences of its own score, on a VP-like level (`m ≠ 1`), and its value the
+    /// plain score; `K` tangents at once equal the tiled single ones.
+    #[test]
+    fn every_parameterisation_has_the_exact_jvp() {
+        use scorefield_core::param::{
+            DataPrediction, EpsilonPrediction, Preconditioned, ScorePrediction, SigmaTilde,
+            VPrediction,
+        };
+        let mlp = || {
+            ScoreMlpConfig::new(3)
+                .with_hidden(16)
+                .with_layers(2)
+                .with_conditioning(Conditioning::LogSigma)
+                .init(&device())
+        };
+        let models: Vec<(&str, Box<dyn ScoreJvp<2>>)> = vec![
+            ("score", Box::new(ScorePrediction { net: mlp() })),
+            ("ε", Box::new(EpsilonPrediction { net: mlp() })),
+            ("ε, σ̃", Box::new(EpsilonPrediction { net: SigmaTilde { net: mlp() } })),
+            ("x₀", Box::new(DataPrediction { net: mlp() })),
+            ("v", Box::new(VPrediction { net: mlp() })),
+            ("EDM", Box::new(Preconditioned::new(mlp(), 0.5).unwrap())),
+        ];
+        let (b, k) = (4, 3);
+        let sigma: Vec<f64> = (0..b).map(|i| 0.2 + 0.5 * i as f64).collect();
+        let scale: Vec<f64> = sigma.iter().map(|s| 1.0 / (1.0 + s * s).sqrt()).collect();
+        let tensor = |v: Vec<f64>| Tensor::<1>::from_data(TensorData::new(v, [b]), &device());
+        let level =
+            NoiseLevel { t: tensor(sigma.clone()), scale: tensor(scale), sigma: tensor(sigma) };
+        let (x, v) = (normal([b, 3], 6), normal([b, 3], 7));
+        for (name, model) in &models {
+            let (s, jvp) = model.score_jvp(x.clone(), &level, v.clone());
+            let diff = s.sub(model.score(x.clone(), &level)).abs().max().into_scalar::<f64>();
+            assert!(diff < 1e-12, "{name}: dual value differs from the score by {diff}");
+            assert_jvp(|x| model.score(x, &level), x.clone(), v.clone(), jvp);
+            let many = normal([k * b, 3], 8);
+            let (_, got) = model.score_jvp_many(x.clone(), &level, many.clone());
+            let (_, want) = model.score_jvp(x.clone().repeat_dim(0, k), &level.tile(k), many);
+            let diff = got.sub(want).abs().max().into_scalar::<f64>();
+            assert!(diff < 1e-12, "{name}: K tangents at once differ by {diff}");
         }
     }
 

@@ -21,7 +21,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
-use scorefield_core::param::Network;
+use scorefield_core::param::{Network, NetworkJvp};
 use scorefield_core::{NoiseLevel, ScoreJvp, ScoreModel};
 
 use crate::dual::{Dual, upsample_nearest};
@@ -191,6 +191,11 @@ impl NcsnUnet {
 
     /// The score and its JVPs for `K` tangents per sample (`v` of batch `K·B`).
     pub fn forward_dual(&self, x: Tensor<4>, level: &NoiseLevel, v: Tensor<4>) -> Dual<4> {
+        self.raw_dual(x, level, v).mul_constant(Self::inv_sigma(level))
+    }
+
+    /// The raw output `u(x, ln σ)` and its JVPs, before the `1/σ`.
+    fn raw_dual(&self, x: Tensor<4>, level: &NoiseLevel, v: Tensor<4>) -> Dual<4> {
         let e = self.embed(level);
         let h1 = self.res1.forward_dual(self.conv_in.forward_dual(Dual::new(x, v)), &e);
         let h2 = self.res2.forward_dual(self.down1.forward_dual(h1.clone()), &e);
@@ -199,8 +204,7 @@ impl NcsnUnet {
         let u = self.res_up1.forward_dual(Dual::cat(vec![u, h2], 1), &e);
         let u = self.up2.forward_dual(u.upsample_nearest(2));
         let u = self.res_up2.forward_dual(Dual::cat(vec![u, h1], 1), &e);
-        let out = self.conv_out.forward_dual(self.norm_out.forward_dual(u).silu());
-        out.mul_constant(Self::inv_sigma(level))
+        self.conv_out.forward_dual(self.norm_out.forward_dual(u).silu())
     }
 }
 
@@ -233,6 +237,19 @@ impl ScoreModel<4> for NcsnUnet {
 
     fn sample_shape(&self) -> Option<Vec<usize>> {
         Some(vec![self.channels, 28, 28])
+    }
+}
+
+/// The exact JVP of the raw output, for the parameterisations' exact [`ScoreJvp`].
+impl NetworkJvp<4> for NcsnUnet {
+    fn forward_jvp(
+        &self,
+        x: Tensor<4>,
+        level: &NoiseLevel,
+        v: Tensor<4>,
+    ) -> (Tensor<4>, Tensor<4>) {
+        let d = self.raw_dual(x, level, v);
+        (d.value, d.tangent)
     }
 }
 
@@ -281,5 +298,19 @@ mod tests {
         let diff = s.sub(net.score(x.clone(), &level)).abs().max().into_scalar::<f64>();
         assert!(diff < 1e-10, "dual value differs from the plain forward by {diff}");
         assert_jvp(|x| net.score(x, &level), x, v, jvp);
+    }
+
+    #[test]
+    fn preconditioned_unet_has_the_exact_jvp() {
+        use scorefield_core::param::{Preconditioned, SigmaTilde};
+        let net = NcsnUnetConfig::new().with_width(8).with_groups(4).init(&device());
+        let model = Preconditioned::new(SigmaTilde { net }, 0.5).unwrap();
+        let (x, v) = (normal([2, 1, 28, 28], 4), normal([2, 1, 28, 28], 5));
+        let s = Tensor::<1>::from_data(TensorData::new(vec![0.3, 2.0], [2]), &device());
+        let level = NoiseLevel { t: s.clone(), scale: s.clone().mul_scalar(0.5), sigma: s };
+        let (score, jvp) = model.score_jvp(x.clone(), &level, v.clone());
+        let diff = score.sub(model.score(x.clone(), &level)).abs().max().into_scalar::<f64>();
+        assert!(diff < 1e-10, "dual value differs from the plain forward by {diff}");
+        assert_jvp(|x| model.score(x, &level), x, v, jvp);
     }
 }
