@@ -12,9 +12,12 @@
 //! `N(0, 0.7² I)` (seed 7). The driver's solvers run on EDM's grid (σ 80 → 0.002, ρ = 7, then
 //! 0, the VE form); the baseline is the probability-flow ODE with Euler steps on the VP SDE's
 //! own time grid (`ProbabilityFlow`), the best sampler before the driver existed. Every solver
-//! runs on two grids: EDM's and the VP SDE's times uniform from 1 to 10⁻³ (σ̃ from 157 to
-//! 0.032), each followed by 0. A solver
-//! whose step costs two evaluations (Heun) gets `⌈NFE/2⌉` levels. Results: `docs/sampling.md`.
+//! runs on three grids: EDM's and the VP SDE's times uniform from 1 to 10⁻³ (σ̃ from 157 to
+//! 0.032), each followed by 0; and a Karras grid (ρ = 7) scaled to the data, from
+//! `σ_max = 3·RMS‖x‖` (EDM's 80 is this rule for CIFAR-10 in `[−1, 1]`: `3·√(3072·0.25) ≈ 83`)
+//! to `σ_min` = half the smallest component std, ending there (no final denoising step). A
+//! solver whose step costs two evaluations (Heun) gets `⌈NFE/2⌉` levels. Results:
+//! `docs/sampling.md`.
 
 #[path = "../tests/integration/stats.rs"]
 #[allow(dead_code)]
@@ -68,13 +71,20 @@ fn vp_grid(levels: usize) -> Grid {
     Grid::uniform_time(VpSde::new(0.1, 20.0).unwrap(), levels.max(2)).unwrap().with_zero()
 }
 
+/// The data-scaled Karras grid (ρ = 7) with `steps` steps from `σ_max` to `σ_min`, ending
+/// there.
+fn scaled_grid(steps: usize, sigma_max: f64, sigma_min: f64) -> Grid {
+    let sigmas = karras_sigmas(steps.max(1) + 1, sigma_min, sigma_max, 7.0).unwrap();
+    Grid::from_sigmas(Karras::edm(), &sigmas).unwrap()
+}
+
 /// Samples of `step` at the budget `nfe` (levels = NFE / evaluations per level); returns the
 /// samples and the evaluations actually made.
 fn run_step<St: Step<2>>(
     step: St,
     per_level: usize,
     nfe: usize,
-    (m, grid): (&GaussianMixture, fn(usize) -> Grid),
+    (m, grid): (&GaussianMixture, &dyn Fn(usize) -> Grid),
     device: &Device,
 ) -> (Vec<f64>, usize) {
     let levels = nfe.div_ceil(per_level);
@@ -91,12 +101,24 @@ fn main() {
     std::fs::create_dir_all(out_dir).unwrap();
     let mut csv = String::from("dim,grid,sampler,nfe,energy_distance,null_95\n");
     let mut panels = Vec::new();
-    for (dim, grid_name, grid) in [
-        (2usize, "EDM grid", edm_grid as fn(usize) -> Grid),
-        (2, "VP uniform-t grid", vp_grid),
-        (64, "EDM grid", edm_grid),
-        (64, "VP uniform-t grid", vp_grid),
-    ] {
+    let scaled = |dim: usize| {
+        let m = mixture(dim);
+        let x = values(m.sample(N, &device, &mut StdRng::seed_from_u64(99)));
+        let rms = (x.iter().map(|v| v * v).sum::<f64>() / N as f64).sqrt();
+        let (sigma_max, sigma_min) = (3.0 * rms, 0.5 * 0.2);
+        println!("{dim}-D data-scaled grid: σ {sigma_max:.2} → {sigma_min}");
+        move |steps: usize| scaled_grid(steps, sigma_max, sigma_min)
+    };
+    let (scaled_2, scaled_64) = (scaled(2), scaled(64));
+    let grids: [(usize, &str, &dyn Fn(usize) -> Grid); 6] = [
+        (2, "EDM grid", &edm_grid),
+        (2, "VP uniform-t grid", &vp_grid),
+        (2, "data-scaled grid", &scaled_2),
+        (64, "EDM grid", &edm_grid),
+        (64, "VP uniform-t grid", &vp_grid),
+        (64, "data-scaled grid", &scaled_64),
+    ];
+    for (dim, grid_name, grid) in grids {
         let m = mixture(dim);
         let exact = values(m.sample(N, &device, &mut StdRng::seed_from_u64(100)));
         let other = values(m.sample(N, &device, &mut StdRng::seed_from_u64(101)));
@@ -106,7 +128,7 @@ fn main() {
         let mut record = |name: &str, nfe: usize, x: Vec<f64>| {
             let e = stats::energy_distance(&x, &exact, dim);
             println!("{dim}-D {grid_name} {name:<26} NFE {nfe:>5}: energy distance {e:.5}");
-            csv.push_str(&format!("{dim},{grid_name},{name},{nfe},{e},{null}\n"));
+            csv.push_str(&format!("{dim},{grid_name},\"{name}\",{nfe},{e},{null}\n"));
             match curves.iter_mut().find(|(n, _)| n == name) {
                 Some((_, c)) => c.push([nfe as f64, e]),
                 None => curves.push((name.to_string(), vec![[nfe as f64, e]])),
