@@ -1,0 +1,435 @@
+//! Atomic, verified checkpoints of a [`Trainer`](super::Trainer).
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use burn::config::{Config, config_to_json};
+use burn::module::Module;
+use burn::optim::OptimizerRecord;
+use burn::store::ModuleRecord;
+use burn::tensor::Bytes;
+
+use super::params::float_dtype;
+use super::trainer::{Trainer, TrainerConfig, splitmix64};
+
+/// Why a checkpoint could not be written or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    /// The directory holds no checkpoint (no `LATEST`, or it names a missing directory).
+    #[error("no checkpoint in {dir}: {reason}")]
+    NotFound {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file is truncated, altered or unreadable (its length or hash disagrees with the
+    /// manifest, or it does not parse).
+    #[error("corrupt checkpoint file {path}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The checkpoint is intact but does not fit: a different model configuration, parameter
+    /// shapes or float dtype, or a newer checkpoint format.
+    #[error("checkpoint mismatch ({what}): {reason}")]
+    Mismatch {
+        /// What disagrees: `"model config"`, `"parameters"`, `"dtype"`, `"format"`.
+        what: &'static str,
+        /// How.
+        reason: String,
+    },
+    /// Serialising a record failed while saving.
+    #[error("could not serialise {what}: {reason}")]
+    Serialise {
+        /// The record (`"model"`, `"ema"`, `"optimizer"`).
+        what: &'static str,
+        /// Burn's message.
+        reason: String,
+    },
+}
+
+/// The format name in every manifest.
+pub(super) const FORMAT: &str = "scorefield-checkpoint";
+/// The manifest version this code writes and reads.
+pub(super) const VERSION: u32 = 1;
+/// The pointer file naming the current checkpoint.
+pub(super) const LATEST: &str = "LATEST";
+pub(super) const MANIFEST: &str = "manifest.json";
+pub(super) const MODEL_FILE: &str = "model.bpk";
+pub(super) const EMA_FILE: &str = "ema.bpk";
+pub(super) const OPTIMIZER_FILE: &str = "optimizer.bpk";
+pub(super) const TRAINER_FILE: &str = "trainer.json";
+pub(super) const MODEL_CONFIG_FILE: &str = "model.json";
+
+/// A file of a checkpoint and its integrity data.
+#[derive(Config, Debug)]
+pub(super) struct FileEntry {
+    pub(super) name: String,
+    pub(super) len: u64,
+    pub(super) fnv1a64: u64,
+}
+
+/// `manifest.json`.
+#[derive(Config, Debug)]
+pub(super) struct Manifest {
+    pub(super) format: String,
+    pub(super) version: u32,
+    pub(super) step: u64,
+    pub(super) seed: u64,
+    pub(super) float_dtype: String,
+    pub(super) files: Vec<FileEntry>,
+}
+
+/// What a checkpoint holds besides the tensors, read and verified by [`read_checkpoint`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointInfo {
+    /// The directory of this checkpoint (`dir/step-<k>-<id>`).
+    pub path: PathBuf,
+    /// The number of steps taken when it was saved.
+    pub step: u64,
+    /// The run's seed.
+    pub seed: u64,
+    /// The float dtype of the parameters, formatted (`"F32"`).
+    pub float_dtype: String,
+    /// The trainer's configuration.
+    pub trainer: TrainerConfig,
+    /// The model's configuration, as given to [`Trainer::new`] (JSON for a Burn `Config`:
+    /// rebuild the model with e.g. `ScoreMlpConfig::load_binary(info.model_config.as_bytes())`).
+    pub model_config: String,
+}
+
+/// FNV-1a, 64 bits: detects truncation and accidental corruption (not tampering).
+pub(super) fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// A name no other save of this process or another has used.
+pub(super) fn unique_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{:016x}", splitmix64(nanos ^ splitmix64(u64::from(std::process::id()) ^ count)))
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io { path: path.to_path_buf(), source }
+}
+
+/// Creates `path` with `bytes` and syncs it to disk.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let mut file = fs::File::create(path).map_err(io_error(path))?;
+    file.write_all(bytes).map_err(io_error(path))?;
+    file.sync_all().map_err(io_error(path))
+}
+
+/// Syncs a directory's entries (best effort: not every platform can open a directory).
+fn sync_dir(path: &Path) {
+    if let Ok(dir) = fs::File::open(path) {
+        let _ = dir.sync_all();
+    }
+}
+
+/// Writes `bytes` to `path` through a synced temporary file and a rename: a reader sees the
+/// old content or the new, never a part.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", unique_id()));
+    let result = (|| {
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    } else {
+        sync_dir(dir);
+    }
+    result
+}
+
+/// Removes JSON whitespace outside string literals, so that two serialisations of the same
+/// configuration compare equal however they are indented.
+pub(super) fn compact_json(json: &str) -> String {
+    let (mut out, mut in_string, mut escaped) = (String::with_capacity(json.len()), false, false);
+    for c in json.chars() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !c.is_whitespace() {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Reads and verifies the checkpoint `dir/LATEST` names: the manifest, every file's length
+/// and hash, and the configurations. Returns the info and the verified bytes of each file.
+fn read_verified(
+    dir: &Path,
+) -> Result<(CheckpointInfo, HashMap<String, Vec<u8>>), CheckpointError> {
+    let latest = dir.join(LATEST);
+    let name = match fs::read(&latest) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(CheckpointError::NotFound {
+                dir: dir.to_path_buf(),
+                reason: format!("{LATEST} is missing"),
+            });
+        }
+        Err(source) => return Err(CheckpointError::Io { path: latest, source }),
+    };
+    let name = std::str::from_utf8(&name)
+        .ok()
+        .map(str::trim)
+        .filter(|n| n.starts_with("step-") && !n.contains(['/', '\\']) && !n.contains(".."))
+        .ok_or_else(|| CheckpointError::Corrupt {
+            path: latest.clone(),
+            reason: "does not name a checkpoint directory".into(),
+        })?;
+    let path = dir.join(name);
+    if !path.is_dir() {
+        return Err(CheckpointError::NotFound {
+            dir: dir.to_path_buf(),
+            reason: format!("{LATEST} names {name}, which is not a directory"),
+        });
+    }
+    let read = |file: &str| {
+        let p = path.join(file);
+        fs::read(&p).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => {
+                CheckpointError::Corrupt { path: p.clone(), reason: "the file is missing".into() }
+            }
+            _ => CheckpointError::Io { path: p.clone(), source },
+        })
+    };
+    let manifest_path = path.join(MANIFEST);
+    let manifest = Manifest::load_binary(&read(MANIFEST)?).map_err(|e| {
+        CheckpointError::Corrupt { path: manifest_path.clone(), reason: e.to_string() }
+    })?;
+    if manifest.format != FORMAT || manifest.version != VERSION {
+        return Err(CheckpointError::Mismatch {
+            what: "format",
+            reason: format!(
+                "{} version {} (this build reads {FORMAT} version {VERSION})",
+                manifest.format, manifest.version
+            ),
+        });
+    }
+    let mut files = HashMap::new();
+    for file in [MODEL_FILE, EMA_FILE, OPTIMIZER_FILE, TRAINER_FILE, MODEL_CONFIG_FILE] {
+        let entry = manifest.files.iter().find(|e| e.name == file).ok_or_else(|| {
+            CheckpointError::Corrupt {
+                path: manifest_path.clone(),
+                reason: format!("lists no {file}"),
+            }
+        })?;
+        let bytes = read(file)?;
+        let corrupt = |reason: String| CheckpointError::Corrupt { path: path.join(file), reason };
+        if bytes.len() as u64 != entry.len {
+            return Err(corrupt(format!("{} bytes, the manifest says {}", bytes.len(), entry.len)));
+        }
+        let hash = fnv1a64(&bytes);
+        if hash != entry.fnv1a64 {
+            return Err(corrupt(format!(
+                "FNV-1a hash {hash:016x}, the manifest says {:016x}",
+                entry.fnv1a64
+            )));
+        }
+        files.insert(file.to_string(), bytes);
+    }
+    let trainer = TrainerConfig::load_binary(&files[TRAINER_FILE]).map_err(|e| {
+        CheckpointError::Corrupt { path: path.join(TRAINER_FILE), reason: e.to_string() }
+    })?;
+    trainer.validate().map_err(|e| CheckpointError::Corrupt {
+        path: path.join(TRAINER_FILE),
+        reason: e.to_string(),
+    })?;
+    let model_config = String::from_utf8(files[MODEL_CONFIG_FILE].clone()).map_err(|_| {
+        CheckpointError::Corrupt { path: path.join(MODEL_CONFIG_FILE), reason: "not UTF-8".into() }
+    })?;
+    let info = CheckpointInfo {
+        path,
+        step: manifest.step,
+        seed: manifest.seed,
+        float_dtype: manifest.float_dtype,
+        trainer,
+        model_config,
+    };
+    Ok((info, files))
+}
+
+/// Reads and verifies the current checkpoint in `dir` without loading tensors: its step,
+/// seed, dtype and both configurations (to rebuild the model before [`Trainer::load`]).
+/// Errors as [`Trainer::load`].
+pub fn read_checkpoint(dir: impl AsRef<Path>) -> Result<CheckpointInfo, CheckpointError> {
+    read_verified(dir.as_ref()).map(|(info, _)| info)
+}
+
+impl<M: Module> Trainer<M> {
+    /// Saves the whole training state into the checkpoint directory `dir` (created if needed)
+    /// and returns the new checkpoint's path. Atomic: `dir/LATEST` names the previous
+    /// checkpoint until the new one is complete on disk, then the new one, and only then are
+    /// older checkpoints (and partial ones left by a crash) deleted. See the
+    /// [module docs](self) for the layout.
+    pub fn save(&self, dir: impl AsRef<Path>) -> Result<PathBuf, CheckpointError> {
+        let dir = dir.as_ref();
+        fs::create_dir_all(dir).map_err(io_error(dir))?;
+        let serialise = |what, r: Result<Bytes, burn::store::RecordError>| {
+            r.map(|b| b.to_vec())
+                .map_err(|e| CheckpointError::Serialise { what, reason: e.to_string() })
+        };
+        let model = serialise("model", self.model.valid().into_record().into_bytes())?;
+        let ema = serialise("ema", self.ema.clone().into_record().into_bytes())?;
+        let optimizer = serialise("optimizer", self.optimizer.into_bytes())?;
+        let contents: [(&str, Vec<u8>); 5] = [
+            (MODEL_FILE, model),
+            (EMA_FILE, ema),
+            (OPTIMIZER_FILE, optimizer),
+            (TRAINER_FILE, config_to_json(&self.config).into_bytes()),
+            (MODEL_CONFIG_FILE, self.model_config.clone().into_bytes()),
+        ];
+        let files = contents
+            .iter()
+            .map(|(name, bytes)| FileEntry {
+                name: (*name).into(),
+                len: bytes.len() as u64,
+                fnv1a64: fnv1a64(bytes),
+            })
+            .collect();
+        let manifest = Manifest {
+            format: FORMAT.into(),
+            version: VERSION,
+            step: self.step,
+            seed: self.config.seed,
+            float_dtype: float_dtype(&self.ema),
+            files,
+        };
+
+        let id = unique_id();
+        let partial = dir.join(format!(".partial-{id}"));
+        let name = format!("step-{:012}-{id}", self.step);
+        let done = dir.join(&name);
+        let write = || -> Result<(), CheckpointError> {
+            fs::create_dir(&partial).map_err(io_error(&partial))?;
+            for (file, bytes) in &contents {
+                write_synced(&partial.join(file), bytes)?;
+            }
+            write_synced(&partial.join(MANIFEST), config_to_json(&manifest).as_bytes())?;
+            sync_dir(&partial);
+            fs::rename(&partial, &done).map_err(io_error(&done))?;
+            sync_dir(dir);
+            let latest = dir.join(LATEST);
+            write_atomically(&latest, format!("{name}\n").as_bytes()).map_err(io_error(&latest))
+        };
+        if let Err(e) = write() {
+            let _ = fs::remove_dir_all(&partial);
+            let _ = fs::remove_dir_all(&done);
+            return Err(e);
+        }
+        // Published: the rest is clean-up, and a failure there loses nothing.
+        if let Ok(entries) = fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                let n = entry.file_name().to_string_lossy().into_owned();
+                let stale = (n.starts_with("step-") && n != name) || n.starts_with(".partial-");
+                if stale && entry.path().is_dir() {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Resumes the run saved in the checkpoint directory `dir`. `model` is a freshly built
+    /// model of the same architecture (on any device: its parameters are replaced, the
+    /// device kept) and `model_config` its configuration, which must equal the saved one up
+    /// to JSON whitespace. The loaded trainer continues exactly where the saved one stopped:
+    /// on the same backend and dtype the following steps are bit-identical to an
+    /// uninterrupted run.
+    ///
+    /// Only reads. Errors with [`CheckpointError::NotFound`] without a checkpoint,
+    /// [`CheckpointError::Corrupt`] for a missing, truncated or altered file,
+    /// [`CheckpointError::Mismatch`] for a different model configuration, parameter set or
+    /// float dtype, and [`CheckpointError::Io`] if a file cannot be read.
+    pub fn load(
+        dir: impl AsRef<Path>,
+        model: M,
+        model_config: &str,
+    ) -> Result<Self, CheckpointError> {
+        let (info, mut files) = read_verified(dir.as_ref())?;
+        if compact_json(&info.model_config) != compact_json(model_config) {
+            return Err(CheckpointError::Mismatch {
+                what: "model config",
+                reason: format!(
+                    "the checkpoint was saved for {}, not {}",
+                    compact_json(&info.model_config),
+                    compact_json(model_config)
+                ),
+            });
+        }
+        let dtype = float_dtype(&model);
+        if dtype != info.float_dtype {
+            return Err(CheckpointError::Mismatch {
+                what: "dtype",
+                reason: format!("the checkpoint holds {}, the model {dtype}", info.float_dtype),
+            });
+        }
+        let mut take = |file: &str| Bytes::from_bytes_vec(files.remove(file).unwrap_or_default());
+        let record = |file: &str, bytes: Bytes| {
+            ModuleRecord::from_bytes(bytes).map_err(|e| CheckpointError::Corrupt {
+                path: info.path.join(file),
+                reason: e.to_string(),
+            })
+        };
+        let mismatch = |e: burn::store::RecordError| CheckpointError::Mismatch {
+            what: "parameters",
+            reason: e.to_string(),
+        };
+        let model_record = record(MODEL_FILE, take(MODEL_FILE))?;
+        let ema_record = record(EMA_FILE, take(EMA_FILE))?;
+        let optimizer_record = OptimizerRecord::from_bytes(take(OPTIMIZER_FILE)).map_err(|e| {
+            CheckpointError::Corrupt { path: info.path.join(OPTIMIZER_FILE), reason: e.to_string() }
+        })?;
+        let model = model.try_load_record(model_record).map_err(mismatch)?.train();
+        let ema = model.valid().try_load_record(ema_record).map_err(mismatch)?;
+        let optimizer = info.trainer.adam().load_record(optimizer_record);
+        Ok(Self {
+            model,
+            ema,
+            optimizer,
+            config: info.trainer,
+            model_config: info.model_config,
+            step: info.step,
+        })
+    }
+}

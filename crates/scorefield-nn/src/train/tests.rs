@@ -1,0 +1,568 @@
+//! Tests of the trainer, its checkpoints and the loss log.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use burn::config::{Config, config_to_json};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use scorefield_core::{Error, Objective};
+
+use super::checkpoint::*;
+use super::params::*;
+use super::*;
+use crate::testing::device;
+use crate::{ScoreMlp, ScoreMlpConfig};
+use burn::tensor::{Device, TensorData};
+use rand::{Rng, RngCore};
+use scorefield_core::analytic::GaussianMixture;
+use scorefield_core::objective::{DenoisingScoreMatching, Weighting};
+use scorefield_core::schedule::GeometricSigmas;
+use scorefield_core::{LossOutput, NoiseLevel, ScoreModel};
+
+/// Every float parameter of a module, in visiting order, as f64.
+fn params<M: Module>(module: &M) -> Vec<Vec<f64>> {
+    struct Values(Vec<Vec<f64>>);
+    impl ModuleVisitor for Values {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.push(param.val().inner().try_into_vec_as::<f64>().unwrap());
+        }
+    }
+    let mut values = Values(Vec::new());
+    module.visit(&mut values);
+    values.0
+}
+
+/// `model` with every float parameter redrawn from `U(−1/√n₀, 1/√n₀)` (`n₀` its first
+/// dimension) by a seeded generator: an initialisation that is the same on every run,
+/// unlike Burn's, which draws from the device's shared generator.
+fn seeded<M: Module>(model: M, seed: u64) -> M {
+    struct Redraw(StdRng);
+    impl ModuleMapper for Redraw {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let (id, value, mapper) = param.consume();
+            let dims = value.dims();
+            let bound = 1.0 / (dims[0] as f64).sqrt();
+            let values: Vec<f64> = (0..dims.iter().product::<usize>())
+                .map(|_| self.0.random_range(-bound..bound))
+                .collect();
+            let value = Tensor::from_data(TensorData::new(values, dims), &value.device());
+            Param::from_mapped_value(id, value, mapper)
+        }
+    }
+    model.map(&mut Redraw(StdRng::seed_from_u64(seed)))
+}
+
+fn bits(values: &[Vec<f64>]) -> Vec<Vec<u64>> {
+    values.iter().map(|v| v.iter().map(|x| x.to_bits()).collect()).collect()
+}
+
+fn mixture() -> GaussianMixture {
+    GaussianMixture::new(&[0.5, 0.5], &[vec![-1.0, 0.0], vec![1.0, 0.0]], &[0.2, 0.2]).unwrap()
+}
+
+fn mlp_config(hidden: usize) -> ScoreMlpConfig {
+    ScoreMlpConfig::new(2).with_hidden(hidden).with_layers(2).with_scale_by_sigma(true)
+}
+
+fn ncsn() -> DenoisingScoreMatching {
+    DenoisingScoreMatching::multi_scale(&GeometricSigmas::ncsn(), 10).unwrap()
+}
+
+/// A fresh, empty directory under the system's temporary directory.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "scorefield-train-{name}-{}-{}",
+        std::process::id(),
+        unique_id()
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Every file under `dir` (recursively) with its length and hash.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, usize, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).unwrap().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let bytes = fs::read(&p).unwrap();
+                out.push((p.clone(), bytes.len(), fnv1a64(&bytes)));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `steps` steps on batches of the mixture drawn from the trainer's batch stream.
+fn run(trainer: &mut Trainer<ScoreMlp>, steps: usize, batch: usize, dev: &Device) -> Vec<f64> {
+    let (data, objective) = (mixture(), ncsn());
+    (0..steps)
+        .map(|_| {
+            let x = data.sample(batch, dev, &mut trainer.batch_rng());
+            trainer.step(&objective, x).unwrap().loss
+        })
+        .collect()
+}
+
+#[test]
+fn warm_up_is_linear_then_constant() {
+    let _ = device();
+    let config = TrainerConfig::new().with_learning_rate(2e-4).with_warmup_steps(4);
+    let lrs: Vec<f64> = (0..6).map(|k| config.learning_rate_at(k)).collect();
+    for (lr, expected) in lrs.iter().zip([0.5e-4, 1e-4, 1.5e-4, 2e-4, 2e-4, 2e-4]) {
+        assert!((lr - expected).abs() < 1e-18, "{lr} vs {expected}");
+    }
+    assert_eq!(TrainerConfig::new().learning_rate_at(0), 1e-3);
+
+    // The steps use it.
+    let dev = device();
+    let config = config.with_batch_size(8);
+    let mut trainer = Trainer::new(mlp_config(8).init(&dev), "{}", config).unwrap();
+    for k in 0..5 {
+        assert_eq!(trainer.learning_rate(), trainer.config().learning_rate_at(k));
+        let x = mixture().sample(8, &dev, &mut trainer.batch_rng());
+        let report = trainer.step(&ncsn(), x).unwrap();
+        assert_eq!((report.step, report.learning_rate), (k, lrs[k as usize]));
+    }
+}
+
+#[test]
+fn invalid_configs_are_rejected() {
+    let _ = device();
+    let bad = [
+        TrainerConfig::new().with_learning_rate(0.0),
+        TrainerConfig::new().with_learning_rate(f64::NAN),
+        TrainerConfig::new().with_beta_1(1.0),
+        TrainerConfig::new().with_beta_2(-0.1),
+        TrainerConfig::new().with_epsilon(0.0),
+        TrainerConfig::new().with_grad_clip_norm(Some(0.0)),
+        TrainerConfig::new().with_ema_decay(1.5),
+        TrainerConfig::new().with_batch_size(0),
+    ];
+    for config in bad {
+        assert!(
+            matches!(config.validate(), Err(Error::InvalidParameter { .. })),
+            "{config:?} must be rejected"
+        );
+    }
+    assert!(TrainerConfig::new().validate().is_ok());
+}
+
+#[test]
+fn ema_follows_its_recursion_and_closed_form() {
+    let dev = device();
+    let d = 0.9;
+    let config = TrainerConfig::new().with_ema_decay(d).with_learning_rate(1e-2);
+    let mut trainer = Trainer::new(mlp_config(8).init(&dev), "{}", config).unwrap();
+    let mut thetas = vec![params(trainer.model())];
+    assert_eq!(bits(&params(trainer.ema())), bits(&thetas[0]), "the EMA starts at θ₀");
+    let mut ema = thetas[0].clone();
+    for _ in 0..3 {
+        run(&mut trainer, 1, 16, &dev);
+        let theta = params(trainer.model());
+        assert_ne!(bits(&theta), bits(thetas.last().unwrap()), "the parameters moved");
+        let new_ema = params(trainer.ema());
+        // One step: ema ← d·ema + (1 − d)·θ, exactly (both sides in f64).
+        for ((e_new, e_old), t) in new_ema.iter().zip(&ema).zip(&theta) {
+            for ((&a, &b), &c) in e_new.iter().zip(e_old).zip(t) {
+                assert_eq!(a.to_bits(), (d * b + (1.0 - d) * c).to_bits());
+            }
+        }
+        thetas.push(theta);
+        ema = new_ema;
+    }
+    // Closed form after k = 3 steps: d³θ₀ + (1 − d)(d²θ₁ + dθ₂ + θ₃).
+    for (i, e) in ema.iter().enumerate() {
+        for (j, &value) in e.iter().enumerate() {
+            let th = |k: usize| thetas[k][i][j];
+            let closed = d.powi(3) * th(0) + (1.0 - d) * (d * d * th(1) + d * th(2) + th(3));
+            assert!((value - closed).abs() <= 1e-14 * closed.abs().max(1.0));
+        }
+    }
+}
+
+#[test]
+fn clipping_bounds_the_global_gradient_norm_and_the_update() {
+    let dev = device();
+    let model = mlp_config(16).init(&dev).train();
+    // Unit-weighted DSM at σ = 0.01: gradients of order 1/σ².
+    let objective = DenoisingScoreMatching::single(0.01).unwrap();
+    assert_eq!(objective.weighting(), Weighting::Unit);
+    let x = mixture().sample(32, &dev, &mut StdRng::seed_from_u64(1));
+    let out = objective.loss(&model, x.clone(), &mut StdRng::seed_from_u64(2)).unwrap();
+    let mut grads = GradientsParams::from_grads(out.loss.backward(), &model);
+    let norm = global_grad_norm(&model, &grads);
+    assert!(norm > 10.0, "a large gradient to clip: {norm}");
+    let before = grad_values(&model, &grads);
+    let host: f64 = before.iter().flatten().map(|g| g * g).sum::<f64>().sqrt();
+    assert!((norm - host).abs() <= 1e-12 * host);
+
+    let c = 1.0;
+    scale_grads(&model, &mut grads, c / norm);
+    let clipped = global_grad_norm(&model, &grads);
+    assert!((clipped - c).abs() < 1e-12, "‖g‖ after clipping = {clipped}");
+    for (g, g0) in grad_values(&model, &grads).iter().flatten().zip(before.iter().flatten()) {
+        assert_eq!(*g, g0 * (c / norm), "clipping keeps the direction");
+    }
+
+    // Through the trainer. With a huge ε, Adam's first update is SGD-like,
+    // Δ = −η g/(|g| + ε) ≈ −η g/ε, so ‖Δ‖ ≈ η‖g_clipped‖/ε.
+    let (lr, eps) = (1.0, 1e9);
+    let update_norm = |clip: Option<f64>| {
+        let config = TrainerConfig::new()
+            .with_learning_rate(lr)
+            .with_epsilon(eps as f32)
+            .with_grad_clip_norm(clip);
+        let mut trainer = Trainer::new(model.clone(), "{}", config).unwrap();
+        let report = trainer.step(&objective, x.clone()).unwrap();
+        let delta: f64 = params(trainer.model())
+            .iter()
+            .flatten()
+            .zip(params(&model).iter().flatten())
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum::<f64>()
+            .sqrt();
+        (report, delta)
+    };
+    let (free, free_delta) = update_norm(None);
+    let (clip, clip_delta) = update_norm(Some(c));
+    assert_eq!(free.clip_scale, 1.0);
+    assert_eq!(clip.grad_norm.to_bits(), free.grad_norm.to_bits());
+    assert_eq!(clip.clip_scale, c / clip.grad_norm);
+    let bound = lr * c / eps;
+    assert!(clip_delta <= bound && clip_delta > 0.99 * bound, "{clip_delta} vs {bound}");
+    let free_bound = lr * free.grad_norm / eps;
+    assert!(free_delta <= free_bound && free_delta > 0.99 * free_bound, "{free_delta}");
+    println!(
+        "clipping: ‖g‖ = {:.1}, ‖Δ‖ = {free_delta:.3e} unclipped, {clip_delta:.3e} clipped (bound {bound:.1e})",
+        free.grad_norm
+    );
+}
+
+fn grad_values<M: Module>(model: &M, grads: &GradientsParams) -> Vec<Vec<f64>> {
+    struct Values<'a>(&'a GradientsParams, Vec<Vec<f64>>);
+    impl ModuleVisitor for Values<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.0.get::<D>(param.id) {
+                self.1.push(g.try_into_vec_as::<f64>().unwrap());
+            }
+        }
+    }
+    let mut values = Values(grads, Vec::new());
+    model.visit(&mut values);
+    values.1
+}
+
+/// A loss that is NaN whatever the model.
+struct Poisoned;
+
+impl Objective<ScoreMlp, 2> for Poisoned {
+    fn loss(
+        &self,
+        model: &ScoreMlp,
+        x0: Tensor<2>,
+        _rng: &mut dyn RngCore,
+    ) -> scorefield_core::Result<LossOutput> {
+        let b = x0.dims()[0];
+        let level = NoiseLevel::clean(b, &x0.device());
+        let per_sample = model.score(x0, &level).sum_dim(1).reshape([b]).mul_scalar(f64::NAN);
+        Ok(LossOutput { loss: per_sample.clone().mean(), per_sample, level: None })
+    }
+}
+
+#[test]
+fn a_non_finite_loss_is_an_error_and_changes_nothing() {
+    let dev = device();
+    let mut trainer = Trainer::new(mlp_config(8).init(&dev), "{}", TrainerConfig::new()).unwrap();
+    run(&mut trainer, 2, 16, &dev);
+    let (model, ema) = (bits(&params(trainer.model())), bits(&params(trainer.ema())));
+    let x = mixture().sample(16, &dev, &mut trainer.batch_rng());
+    let err = trainer.step(&Poisoned, x).unwrap_err();
+    assert!(matches!(err, Error::NonFinite { .. }), "{err}");
+    assert_eq!(trainer.steps(), 2);
+    assert_eq!(bits(&params(trainer.model())), model);
+    assert_eq!(bits(&params(trainer.ema())), ema);
+    // And training carries on, as if the bad batch had not been offered.
+    let mut twin = trainer.clone();
+    assert_eq!(run(&mut trainer, 1, 16, &dev), run(&mut twin, 1, 16, &dev));
+}
+
+/// The NCSN loss of `model`, averaged over 8 fixed batches of 256 with fixed noise.
+fn eval<M: ScoreModel<2>>(model: &M, dev: &Device) -> f64 {
+    let (data, objective) = (mixture(), ncsn());
+    let total: f64 = (0..8)
+        .map(|b| {
+            let x = data.sample(256, dev, &mut StdRng::seed_from_u64(1000 + b));
+            let mut rng = StdRng::seed_from_u64(2000 + b);
+            objective.loss(model, x, &mut rng).unwrap().loss.into_scalar::<f64>()
+        })
+        .sum();
+    total / 8.0
+}
+
+#[test]
+fn dsm_training_approaches_the_optimum_on_a_mixture() {
+    let dev = device();
+    let config = TrainerConfig::new().with_batch_size(128).with_seed(3);
+    let model = seeded(mlp_config(64).init(&dev), 4);
+    let mut trainer = Trainer::new(model, "{}", config).unwrap();
+    let optimum = eval(&mixture(), &dev); // the exact perturbed score, same data and noise
+    let before = eval(&trainer.model().valid(), &dev);
+    let losses = run(&mut trainer, 200, 128, &dev);
+    let after = eval(&trainer.model().valid(), &dev);
+    let first = losses[..10].iter().sum::<f64>() / 10.0;
+    let last = losses[180..].iter().sum::<f64>() / 20.0;
+    println!(
+        "mixture DSM: training loss, first 10 steps {first:.4}, last 20 {last:.4}; held-out \
+         {before:.4} → {after:.4}; optimum {optimum:.4} (excess {:.4} → {:.4})",
+        before - optimum,
+        after - optimum
+    );
+    assert!(last - optimum < 0.5 * (first - optimum), "training loss {first} → {last}");
+    assert!(after >= optimum - 0.01, "no model beats the exact score on the same noise");
+    assert!(after - optimum < 0.4 * (before - optimum), "excess {before} → {after}");
+}
+
+#[test]
+fn a_checkpoint_round_trips_and_resumes_bit_identically() {
+    let dev = device();
+    let dir = scratch("resume");
+    let model_config = mlp_config(16);
+    let json = model_config.to_string();
+    let config = TrainerConfig::new()
+        .with_warmup_steps(3)
+        .with_grad_clip_norm(Some(0.5))
+        .with_ema_decay(0.9)
+        .with_seed(11)
+        .with_batch_size(32);
+    let model = model_config.init(&dev);
+
+    let mut straight = Trainer::new(model.clone(), json.clone(), config.clone()).unwrap();
+    let straight_losses = run(&mut straight, 6, 32, &dev);
+
+    let mut first = Trainer::new(model, json.clone(), config.clone()).unwrap();
+    let mut losses = run(&mut first, 3, 32, &dev);
+    let path = first.save(&dir).unwrap();
+    assert!(path.starts_with(&dir) && path.join(MANIFEST).is_file());
+
+    let info = read_checkpoint(&dir).unwrap();
+    assert_eq!((info.step, info.seed, info.float_dtype.as_str()), (3, 11, "F64"));
+    assert_eq!(info.trainer, config);
+    let rebuilt = ScoreMlpConfig::load_binary(info.model_config.as_bytes()).unwrap();
+    assert_eq!(rebuilt.hidden, 16);
+
+    // A fresh model, differently initialised: every parameter comes from the checkpoint.
+    let fresh = rebuilt.init(&dev);
+    assert_ne!(bits(&params(&fresh)), bits(&params(first.model())));
+    let mut resumed = Trainer::load(&dir, fresh, &json).unwrap();
+    assert_eq!(resumed.steps(), 3);
+    assert_eq!(resumed.config(), first.config());
+    assert_eq!(bits(&params(resumed.model())), bits(&params(first.model())));
+    assert_eq!(bits(&params(resumed.ema())), bits(&params(first.ema())));
+
+    losses.extend(run(&mut resumed, 3, 32, &dev));
+    let loss_bits = |l: &[f64]| l.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(loss_bits(&losses), loss_bits(&straight_losses));
+    assert_eq!(bits(&params(resumed.model())), bits(&params(straight.model())));
+    assert_eq!(bits(&params(resumed.ema())), bits(&params(straight.ema())));
+    assert_eq!(resumed.steps(), straight.steps());
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn damaged_or_mismatched_checkpoints_are_typed_errors_and_untouched() {
+    let dev = device();
+    let dir = scratch("corrupt");
+    let model_config = mlp_config(8);
+    let json = model_config.to_string();
+    let fresh = || model_config.init(&dev);
+    let load = || Trainer::load(&dir, fresh(), &json);
+
+    let empty = Trainer::load(&dir, fresh(), &json).unwrap_err();
+    assert!(matches!(empty, CheckpointError::NotFound { .. }), "{empty}");
+
+    let mut trainer = Trainer::new(fresh(), json.clone(), TrainerConfig::new()).unwrap();
+    run(&mut trainer, 2, 16, &dev);
+    let path = trainer.save(&dir).unwrap();
+    let good = snapshot(&dir);
+    assert!(load().is_ok());
+
+    // Damage one file, check that loading fails with `expected` and writes nothing,
+    // then restore it.
+    let check = |file: &Path, damage: &dyn Fn(&[u8]) -> Option<Vec<u8>>, expected: &str| {
+        let original = fs::read(file).unwrap();
+        match damage(&original) {
+            Some(bytes) => fs::write(file, bytes).unwrap(),
+            None => fs::remove_file(file).unwrap(),
+        }
+        let damaged = snapshot(&dir);
+        let err = load().unwrap_err();
+        let kind = match &err {
+            CheckpointError::NotFound { .. } => "NotFound",
+            CheckpointError::Corrupt { .. } => "Corrupt",
+            CheckpointError::Mismatch { .. } => "Mismatch",
+            _ => "other",
+        };
+        assert_eq!(kind, expected, "{}: {err}", file.display());
+        assert_eq!(snapshot(&dir), damaged, "loading wrote nothing");
+        fs::write(file, original).unwrap();
+        assert_eq!(snapshot(&dir), good);
+    };
+    let flip = |b: &[u8]| {
+        let mut b = b.to_vec();
+        let mid = b.len() / 2;
+        b[mid] ^= 0x40;
+        Some(b)
+    };
+    let truncate = |b: &[u8]| Some(b[..b.len() / 2].to_vec());
+    let garbage = |_: &[u8]| Some(b"\x00\xffnot a checkpoint".to_vec());
+    let missing = |_: &[u8]| None;
+    check(&path.join(MODEL_FILE), &flip, "Corrupt");
+    check(&path.join(EMA_FILE), &truncate, "Corrupt");
+    check(&path.join(OPTIMIZER_FILE), &missing, "Corrupt");
+    check(&path.join(TRAINER_FILE), &garbage, "Corrupt");
+    check(&path.join(MODEL_CONFIG_FILE), &flip, "Corrupt");
+    check(&path.join(MANIFEST), &truncate, "Corrupt");
+    check(&path.join(MANIFEST), &garbage, "Corrupt");
+    check(&dir.join(LATEST), &garbage, "Corrupt");
+    check(&dir.join(LATEST), &|_: &[u8]| Some(b"step-0-gone\n".to_vec()), "NotFound");
+    check(&dir.join(LATEST), &missing, "NotFound");
+    let future = |b: &[u8]| {
+        let text = String::from_utf8(b.to_vec()).unwrap();
+        Some(text.replace("\"version\": 1", "\"version\": 99").into_bytes())
+    };
+    check(&path.join(MANIFEST), &future, "Mismatch");
+
+    // Garbage whose length and hash the manifest agrees with: burnpack's reader refuses it.
+    let (model_file, manifest_file) = (path.join(MODEL_FILE), path.join(MANIFEST));
+    let (original_model, original_manifest) =
+        (fs::read(&model_file).unwrap(), fs::read(&manifest_file).unwrap());
+    let junk = b"BURNPACK? no: just forty-odd bytes of junk....".to_vec();
+    let mut manifest = Manifest::load_binary(&original_manifest).unwrap();
+    let entry = manifest.files.iter_mut().find(|e| e.name == MODEL_FILE).unwrap();
+    (entry.len, entry.fnv1a64) = (junk.len() as u64, fnv1a64(&junk));
+    fs::write(&model_file, &junk).unwrap();
+    fs::write(&manifest_file, config_to_json(&manifest)).unwrap();
+    let err = load().unwrap_err();
+    assert!(matches!(err, CheckpointError::Corrupt { .. }), "{err}");
+    fs::write(&model_file, original_model).unwrap();
+    fs::write(&manifest_file, original_manifest).unwrap();
+    assert_eq!(snapshot(&dir), good);
+
+    // Intact but not for this model.
+    let other = mlp_config(12);
+    let err = Trainer::load(&dir, other.init(&dev), &other.to_string()).unwrap_err();
+    assert!(matches!(err, CheckpointError::Mismatch { what: "model config", .. }), "{err}");
+    let err = Trainer::load(&dir, other.init(&dev), &json).unwrap_err();
+    assert!(matches!(err, CheckpointError::Mismatch { what: "parameters", .. }), "{err}");
+    assert_eq!(snapshot(&dir), good);
+
+    // The same parameters in another float type: refused before any tensor is read.
+    struct ToF32;
+    impl ModuleMapper for ToF32 {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            param.map(|t| t.cast(burn::tensor::FloatDType::F32))
+        }
+    }
+    let err = Trainer::load(&dir, fresh().map(&mut ToF32), &json).unwrap_err();
+    assert!(matches!(err, CheckpointError::Mismatch { what: "dtype", .. }), "{err}");
+
+    // Whitespace in the configuration does not matter.
+    assert!(Trainer::load(&dir, fresh(), &compact_json(&json)).is_ok());
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn saving_publishes_atomically_and_cleans_up_after_itself() {
+    let dev = device();
+    let dir = scratch("publish");
+    let json = mlp_config(8).to_string();
+    let mut trainer =
+        Trainer::new(mlp_config(8).init(&dev), json.clone(), TrainerConfig::new()).unwrap();
+    run(&mut trainer, 1, 8, &dev);
+    let first = trainer.save(&dir).unwrap();
+
+    // What a crash leaves behind: a half-written checkpoint and an unpublished one.
+    let partial = dir.join(".partial-crashed");
+    fs::create_dir(&partial).unwrap();
+    fs::write(partial.join(MODEL_FILE), b"half").unwrap();
+    let unpublished = dir.join("step-000000000009-unpublished");
+    fs::create_dir(&unpublished).unwrap();
+    let loaded = Trainer::load(&dir, mlp_config(8).init(&dev), &json).unwrap();
+    assert_eq!(loaded.steps(), 1, "LATEST decides");
+
+    run(&mut trainer, 1, 8, &dev);
+    let second = trainer.save(&dir).unwrap();
+    assert_ne!(first, second);
+    let mut names: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let second_name = second.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(names, [LATEST.to_string(), second_name.clone()]);
+    assert_eq!(fs::read_to_string(dir.join(LATEST)).unwrap(), format!("{second_name}\n"));
+    assert_eq!(read_checkpoint(&dir).unwrap().step, 2);
+
+    // Saving twice at the same step makes a new checkpoint, never a mix of two.
+    let third = trainer.save(&dir).unwrap();
+    assert_ne!(third, second);
+    assert_eq!(read_checkpoint(&dir).unwrap().path, third);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_loss_log_bins_by_nearest_level_and_writes_csv_atomically() {
+    let _ = device();
+    let mut log = LossLog::new(&[1.0, 0.1, 0.01]).unwrap();
+    assert!(LossLog::new(&[1.0, 0.0]).is_err());
+    assert_eq!((log.bucket(0.5), log.bucket(5.0), log.bucket(0.011)), (Some(0), Some(0), Some(2)));
+    let report = StepReport {
+        step: 6,
+        loss: 3.0,
+        learning_rate: 1e-3,
+        grad_norm: 1.0,
+        clip_scale: 1.0,
+        per_sample: vec![1.0, 2.0, 3.0, 4.0, 5.0, f64::NAN],
+        sigma: Some(vec![1.0, 0.1, 0.011, 0.5, 5.0, 1.0]),
+        t: None,
+    };
+    log.record(&report);
+    let rows = log.flush(7).to_vec();
+    assert_eq!(
+        rows,
+        [
+            LossRow { step: 7, level: Some(1.0), mean_loss: 10.0 / 3.0, count: 3 },
+            LossRow { step: 7, level: Some(0.1), mean_loss: 2.0, count: 1 },
+            LossRow { step: 7, level: Some(0.01), mean_loss: 3.0, count: 1 },
+            LossRow { step: 7, level: None, mean_loss: 3.0, count: 5 },
+        ]
+    );
+    // Without levels in the report only the overall row is written.
+    log.record(&StepReport { sigma: None, per_sample: vec![2.0, 4.0], ..report });
+    assert_eq!(log.flush(8), [LossRow { step: 8, level: None, mean_loss: 3.0, count: 2 }]);
+    assert!(log.flush(9).is_empty());
+
+    let dir = scratch("csv");
+    let path = dir.join("losses.csv");
+    fs::write(&path, "old").unwrap();
+    log.write_csv(&path).unwrap();
+    let csv = fs::read_to_string(&path).unwrap();
+    assert_eq!(csv, log.to_csv());
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "step,level,mean_loss,count");
+    assert_eq!(lines[2], "7,0.1,2,1");
+    assert_eq!(lines[5], "8,all,3,2");
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "no temporary file is left");
+    fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,266 @@
+//! The trainer: its configuration and one optimisation step.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::Tensor;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use scorefield_core::{Error, Objective};
+
+use super::params::{ema_update, global_grad_norm, scale_grads};
+
+/// The hyper-parameters of a [`Trainer`], saved with every checkpoint. Defaults follow the
+/// NCSN/NCSNv2 reference code: Adam with `η = 10⁻³`, `β = (0.9, 0.999)`, `ε = 10⁻⁸`, no
+/// warm-up, no clipping, EMA decay 0.999, batch 128. (DDPM and the score SDE use
+/// `η = 2·10⁻⁴`, 5000 warm-up steps and clipping at 1.)
+#[derive(Config, Debug, PartialEq)]
+pub struct TrainerConfig {
+    /// Adam's learning rate `η` (after warm-up).
+    #[config(default = 1e-3)]
+    pub learning_rate: f64,
+    /// Adam's `β₁`, the decay of the first moment.
+    #[config(default = 0.9)]
+    pub beta_1: f32,
+    /// Adam's `β₂`, the decay of the second moment.
+    #[config(default = 0.999)]
+    pub beta_2: f32,
+    /// Adam's `ε` in `m̂ / (√v̂ + ε)`.
+    #[config(default = 1e-8)]
+    pub epsilon: f32,
+    /// Linear warm-up length `W`: step `k` uses `η · min(1, (k + 1)/W)`; 0 disables it.
+    #[config(default = 0)]
+    pub warmup_steps: u64,
+    /// Clip the gradient to this global L2 norm `c`: `g ← g · min(1, c/‖g‖₂)`, the norm taken
+    /// over all parameters together. `None` disables clipping.
+    pub grad_clip_norm: Option<f64>,
+    /// The EMA decay `d` in `θ_ema ← d·θ_ema + (1 − d)·θ`, in `[0, 1]`.
+    #[config(default = 0.999)]
+    pub ema_decay: f64,
+    /// The seed of every random number the trainer draws (see [`Trainer::batch_rng`]).
+    #[config(default = 0)]
+    pub seed: u64,
+    /// The batch size. The trainer does not draw batches itself; it records the size the
+    /// caller draws with [`Trainer::batch_rng`], so that it is saved with the run.
+    #[config(default = 128)]
+    pub batch_size: usize,
+}
+
+impl TrainerConfig {
+    /// The learning rate of step `k` (counted from 0): `η · min(1, (k + 1)/W)`, or `η` when
+    /// `W = 0`.
+    pub fn learning_rate_at(&self, step: u64) -> f64 {
+        if self.warmup_steps == 0 {
+            self.learning_rate
+        } else {
+            let ramp = (step.saturating_add(1) as f64 / self.warmup_steps as f64).min(1.0);
+            self.learning_rate * ramp
+        }
+    }
+
+    /// Checks every field: `η > 0`, `β₁, β₂ ∈ [0, 1)`, `ε > 0`, `c > 0`, `d ∈ [0, 1]`, all
+    /// finite, and a batch size of at least 1. Errors with [`Error::InvalidParameter`].
+    pub fn validate(&self) -> scorefield_core::Result<()> {
+        scorefield_core::error::ensure_positive("learning_rate", self.learning_rate)?;
+        for (name, beta) in [("beta_1", self.beta_1), ("beta_2", self.beta_2)] {
+            if !(0.0..1.0).contains(&beta) {
+                return Err(Error::invalid(name, beta, "must be in [0, 1)"));
+            }
+        }
+        scorefield_core::error::ensure_positive("epsilon", f64::from(self.epsilon))?;
+        if let Some(c) = self.grad_clip_norm {
+            scorefield_core::error::ensure_positive("grad_clip_norm", c)?;
+        }
+        if !(0.0..=1.0).contains(&self.ema_decay) {
+            return Err(Error::invalid("ema_decay", self.ema_decay, "must be in [0, 1]"));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::invalid("batch_size", 0, "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    pub(super) fn adam(&self) -> ModuleOptimizer {
+        AdamConfig::new()
+            .with_beta_1(self.beta_1)
+            .with_beta_2(self.beta_2)
+            .with_epsilon(self.epsilon)
+            .init()
+    }
+}
+
+/// What one [`Trainer::step`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    /// The index of the step just taken (0 for the first step of a run).
+    pub step: u64,
+    /// The scalar loss `L(θ)` before the update.
+    pub loss: f64,
+    /// The learning rate `η_k` the update used.
+    pub learning_rate: f64,
+    /// The global gradient norm `‖g‖₂` before clipping.
+    pub grad_norm: f64,
+    /// The factor the gradient was multiplied by, `min(1, c/‖g‖₂)` (1 without clipping).
+    pub clip_scale: f64,
+    /// The loss of each batch element ([`LossOutput::per_sample`](scorefield_core::LossOutput)).
+    pub per_sample: Vec<f64>,
+    /// The noise level `σ` of each batch element, for objectives that perturb the data.
+    pub sigma: Option<Vec<f64>>,
+    /// The time `t` of each batch element, for objectives that perturb the data.
+    pub t: Option<Vec<f64>>,
+}
+
+/// A score model under training: the model (on an autodiff device), its EMA (outside
+/// autodiff), Adam's state, the step counter and the seed. See the [module docs](self).
+///
+/// `M` is any Burn [`Module`]; [`Trainer::step`] needs an [`Objective`] over it, which for
+/// the objectives of `scorefield_core` means that `M` is a
+/// [`ScoreModel`](scorefield_core::ScoreModel) (or a [`ScoreJvp`](scorefield_core::ScoreJvp)
+/// for exact and sliced score matching).
+#[derive(Clone)]
+pub struct Trainer<M: Module> {
+    pub(super) model: M,
+    pub(super) ema: M,
+    pub(super) optimizer: ModuleOptimizer,
+    pub(super) config: TrainerConfig,
+    pub(super) model_config: String,
+    pub(super) step: u64,
+}
+
+impl<M: Module> std::fmt::Debug for Trainer<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("step", &self.step)
+            .field("config", &self.config)
+            .field("model_config", &self.model_config)
+            .field("parameters", &self.model.num_params())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The random stream of a step: `0` for the objective, `1` for the batch.
+const LOSS_STREAM: u64 = 0;
+const BATCH_STREAM: u64 = 1;
+
+/// SplitMix64's output function: a bijective 64-bit mix.
+pub(super) fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The seed of `stream` at `step`: distinct inputs give unrelated seeds.
+fn stream_seed(seed: u64, step: u64, stream: u64) -> u64 {
+    splitmix64(splitmix64(splitmix64(seed) ^ step) ^ stream)
+}
+
+impl<M: Module> Trainer<M> {
+    /// Starts training `model` (its parameters are put on the autodiff device with
+    /// [`Module::train`]) with `config`; the EMA starts as a copy of the weights.
+    /// `model_config` is the model's configuration as JSON (for a Burn `Config`,
+    /// `config.to_string()`); it is saved with every checkpoint and checked on
+    /// [`load`](Self::load). Errors as [`TrainerConfig::validate`].
+    pub fn new(
+        model: M,
+        model_config: impl Into<String>,
+        config: TrainerConfig,
+    ) -> scorefield_core::Result<Self> {
+        config.validate()?;
+        let model = model.train();
+        let ema = model.valid();
+        let optimizer = config.adam();
+        Ok(Self { model, ema, optimizer, config, model_config: model_config.into(), step: 0 })
+    }
+
+    /// The model being trained (its parameters on the autodiff device). For evaluation
+    /// without building a graph, use `trainer.model().valid()`.
+    pub fn model(&self) -> &M {
+        &self.model
+    }
+
+    /// The EMA of the weights (outside autodiff): the model to sample from.
+    pub fn ema(&self) -> &M {
+        &self.ema
+    }
+
+    /// Ends training: the trained model (on the autodiff device) and the EMA.
+    pub fn into_models(self) -> (M, M) {
+        (self.model, self.ema)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TrainerConfig {
+        &self.config
+    }
+
+    /// The model's configuration as given to [`new`](Self::new).
+    pub fn model_config(&self) -> &str {
+        &self.model_config
+    }
+
+    /// The number of steps taken: the index of the next step.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// The learning rate the next step will use ([`TrainerConfig::learning_rate_at`]).
+    pub fn learning_rate(&self) -> f64 {
+        self.config.learning_rate_at(self.step)
+    }
+
+    /// A generator for drawing the next step's batch, seeded by `(seed, step)` (a stream
+    /// separate from the objective's). Drawing batches from it makes a run, including its
+    /// data order, a function of the seed alone, so it resumes bit for bit.
+    pub fn batch_rng(&self) -> StdRng {
+        StdRng::seed_from_u64(stream_seed(self.config.seed, self.step, BATCH_STREAM))
+    }
+
+    /// One optimisation step on the batch `x0` (see the [module docs](self) for the update).
+    /// Returns the loss, the per-sample losses and their noise levels.
+    ///
+    /// Errors with [`Error::NonFinite`] if the loss or the gradient norm is NaN or infinite,
+    /// and with the objective's error if it fails; the model, the EMA, Adam's state and the
+    /// step counter are then unchanged.
+    pub fn step<O, const D: usize>(
+        &mut self,
+        objective: &O,
+        x0: Tensor<D>,
+    ) -> scorefield_core::Result<StepReport>
+    where
+        O: Objective<M, D> + ?Sized,
+    {
+        let step = self.step;
+        let mut rng = StdRng::seed_from_u64(stream_seed(self.config.seed, step, LOSS_STREAM));
+        let out = objective.loss(&self.model, x0, &mut rng)?;
+        let loss = out.loss.clone().inner().into_scalar::<f64>();
+        if !loss.is_finite() {
+            return Err(Error::NonFinite { context: format!("training loss at step {step}") });
+        }
+        let host = |t: Tensor<1>| t.inner().try_into_vec_as::<f64>().ok();
+        let per_sample = host(out.per_sample).unwrap_or_default();
+        let (sigma, t) = match out.level {
+            Some(level) => (host(level.sigma), host(level.t)),
+            None => (None, None),
+        };
+
+        let mut grads = GradientsParams::from_grads(out.loss.backward(), &self.model);
+        let grad_norm = global_grad_norm(&self.model, &grads);
+        if !grad_norm.is_finite() {
+            return Err(Error::NonFinite { context: format!("gradient norm at step {step}") });
+        }
+        let clip_scale = match self.config.grad_clip_norm {
+            Some(c) if grad_norm > c => c / grad_norm,
+            _ => 1.0,
+        };
+        if clip_scale < 1.0 {
+            scale_grads(&self.model, &mut grads, clip_scale);
+        }
+
+        let learning_rate = self.config.learning_rate_at(step);
+        self.model = self.optimizer.step(learning_rate, self.model.clone(), grads);
+        self.ema = ema_update(&self.model, self.ema.clone(), self.config.ema_decay);
+        self.step += 1;
+        Ok(StepReport { step, loss, learning_rate, grad_norm, clip_scale, per_sample, sigma, t })
+    }
+}
