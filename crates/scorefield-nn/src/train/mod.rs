@@ -12,7 +12,8 @@
 //! η_k     = η · min(1, (k + 1) / W)                          (η_k = η when W = 0)
 //! θ       ← Adam(θ, g, η_k):  m ← β₁m + (1−β₁)g,  v ← β₂v + (1−β₂)g²,
 //!                             θ ← θ − η_k · m̂ / (√v̂ + ε),  m̂ = m/(1−β₁ᵏ⁺¹), v̂ = v/(1−β₂ᵏ⁺¹)
-//! θ_ema   ← d · θ_ema + (1 − d) · θ                          (θ_ema starts at θ₀)
+//! θ_ema   ← d_k · θ_ema + (1 − d_k) · θ                      (θ_ema starts at θ₀; d_k = d, or
+//!                                                            a warm-up to d: EmaWarmup)
 //! ```
 //!
 //! The EMA copy lives outside autodiff and is the model to sample from (NCSNv2, DDPM and the
@@ -77,4 +78,4 @@ mod trainer;
 
 pub use checkpoint::{CheckpointError, CheckpointInfo, read_checkpoint};
 pub use loss_log::{LossLog, LossRow};
-pub use trainer::{StepReport, Trainer, TrainerConfig};
+pub use trainer::{EmaWarmup, StepReport, Trainer, TrainerConfig};

@@ -192,6 +192,56 @@ fn ema_follows_its_recursion_and_closed_form() {
 }
 
 #[test]
+fn ema_warmups_follow_their_closed_forms() {
+    let config = |w| TrainerConfig::new().with_ema_decay(0.99).with_ema_warmup(Some(w));
+    // score_sde: min(d, (1 + n)/(10 + n)), n = k + 1.
+    let sde = config(EmaWarmup::ScoreSde);
+    assert_eq!(sde.ema_decay_at(0), 2.0 / 11.0);
+    assert_eq!(sde.ema_decay_at(8), 10.0 / 19.0);
+    assert_eq!(sde.ema_decay_at(10_000), 0.99);
+    // k-diffusion: clamp(1 − (1 + k/γ)^(−p), 0, d); γ = 1, p = 3/4: k = 15 gives 1 − 1/8.
+    let power = config(EmaWarmup::Power { inv_gamma: 1.0, power: 0.75 });
+    assert_eq!(power.ema_decay_at(0), 0.0);
+    assert!((power.ema_decay_at(15) - 0.875).abs() < 1e-15);
+    assert_eq!(power.ema_decay_at(1_000_000), 0.99);
+    // γ = 2: k = 30 is (1 + 15)^(−3/4) = 1/8 again.
+    let slow = config(EmaWarmup::Power { inv_gamma: 2.0, power: 0.75 });
+    assert!((slow.ema_decay_at(30) - 0.875).abs() < 1e-15);
+    assert_eq!(TrainerConfig::new().ema_decay_at(0), 0.999, "no warm-up: d from the start");
+    for bad in [
+        EmaWarmup::Power { inv_gamma: 0.0, power: 1.0 },
+        EmaWarmup::Power { inv_gamma: 1.0, power: f64::NAN },
+    ] {
+        assert!(matches!(config(bad).validate(), Err(Error::InvalidParameter { .. })));
+    }
+    // A trainer.json written before the warm-up existed still reads, as no warm-up.
+    let json = TrainerConfig::new().to_string();
+    let old: String = json.lines().filter(|l| !l.contains("ema_warmup")).collect();
+    assert_ne!(old.len(), json.replace('\n', "").len(), "the field was in the JSON: {json}");
+    let old = TrainerConfig::load_binary(old.as_bytes()).unwrap();
+    assert_eq!(old, TrainerConfig::new());
+}
+
+#[test]
+fn with_the_power_warmup_the_first_ema_is_the_weights_and_the_next_follows_d_k() {
+    let dev = device();
+    let warmup = EmaWarmup::Power { inv_gamma: 1.0, power: 0.75 };
+    let config = TrainerConfig::new().with_ema_warmup(Some(warmup)).with_learning_rate(1e-2);
+    let mut trainer = Trainer::new(mlp_config(8).init(&dev), "{}", config).unwrap();
+    run(&mut trainer, 1, 16, &dev);
+    assert_eq!(bits(&params(trainer.ema())), bits(&params(trainer.model())));
+    let ema = params(trainer.ema());
+    run(&mut trainer, 1, 16, &dev);
+    let (theta, new_ema) = (params(trainer.model()), params(trainer.ema()));
+    let d = 1.0 - 2f64.powf(-0.75); // d_1
+    for ((e_new, e_old), t) in new_ema.iter().zip(&ema).zip(&theta) {
+        for ((&a, &b), &c) in e_new.iter().zip(e_old).zip(t) {
+            assert_eq!(a.to_bits(), (d * b + (1.0 - d) * c).to_bits());
+        }
+    }
+}
+
+#[test]
 fn clipping_bounds_the_global_gradient_norm_and_the_update() {
     let dev = device();
     let model = mlp_config(16).init(&dev).train();
@@ -343,6 +393,7 @@ fn a_checkpoint_round_trips_and_resumes_bit_identically() {
         .with_warmup_steps(3)
         .with_grad_clip_norm(Some(0.5))
         .with_ema_decay(0.9)
+        .with_ema_warmup(Some(EmaWarmup::ScoreSde))
         .with_seed(11)
         .with_batch_size(32);
     let model = model_config.init(&dev);
@@ -531,6 +582,7 @@ fn the_loss_log_bins_by_nearest_level_and_writes_csv_atomically() {
         step: 6,
         loss: 3.0,
         learning_rate: 1e-3,
+        ema_decay: 0.999,
         grad_norm: 1.0,
         clip_scale: 1.0,
         per_sample: vec![1.0, 2.0, 3.0, 4.0, 5.0, f64::NAN],

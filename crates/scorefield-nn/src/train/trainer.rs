@@ -34,9 +34,13 @@ pub struct TrainerConfig {
     /// Clip the gradient to this global L2 norm `c`: `g ← g · min(1, c/‖g‖₂)`, the norm taken
     /// over all parameters together. `None` disables clipping.
     pub grad_clip_norm: Option<f64>,
-    /// The EMA decay `d` in `θ_ema ← d·θ_ema + (1 − d)·θ`, in `[0, 1]`.
+    /// The EMA decay `d` in `θ_ema ← d·θ_ema + (1 − d)·θ`, in `[0, 1]`; with a warm-up, the
+    /// decay it rises to.
     #[config(default = 0.999)]
     pub ema_decay: f64,
+    /// A warm-up of the EMA decay ([`EmaWarmup`]); `None` (the default) keeps `d` from the
+    /// first step.
+    pub ema_warmup: Option<EmaWarmup>,
     /// The seed of every random number the trainer draws (see [`Trainer::batch_rng`]).
     #[config(default = 0)]
     pub seed: u64,
@@ -46,7 +50,48 @@ pub struct TrainerConfig {
     pub batch_size: usize,
 }
 
+/// A warm-up of the EMA decay: early on, when the weights move fast, the average spans fewer
+/// steps, so a short run needs no decay chosen by hand. Step `k` (from 0) uses `d_k`:
+///
+/// ```text
+/// ScoreSde:  d_k = min(d, (1 + n)/(10 + n)),  n = k + 1           (score_sde's EMA)
+/// Power:     d_k = clamp(1 − (1 + k/γ)^(−p), 0, d)                (k-diffusion's EMAWarmup,
+///                                                                 diffusers' use_ema_warmup)
+/// ```
+///
+/// With `Power`, `d_0 = 0`: the EMA is the weights after the first step. k-diffusion
+/// recommends `γ = 1` with `p = 2/3` for runs of a million steps or more and `p = 3/4` for
+/// shorter ones (`d_k` reaches 0.999 at `k ≈ 31,600` and 10,000 steps respectively).
+#[derive(Config, Debug, PartialEq)]
+pub enum EmaWarmup {
+    /// score_sde's `min(d, (1 + n)/(10 + n))`, `n` the number of updates including this one.
+    ScoreSde,
+    /// `clamp(1 − (1 + k/γ)^(−p), 0, d)`.
+    Power {
+        /// `γ = inv_gamma > 0`, the step scale of the warm-up.
+        inv_gamma: f64,
+        /// `p = power > 0`, how fast the decay rises.
+        power: f64,
+    },
+}
+
 impl TrainerConfig {
+    /// The EMA decay of step `k` (counted from 0): `d`, or `d_k` of the warm-up.
+    pub fn ema_decay_at(&self, step: u64) -> f64 {
+        let d = self.ema_decay;
+        match self.ema_warmup {
+            None => d,
+            Some(EmaWarmup::ScoreSde) => {
+                let n = step as f64 + 1.0;
+                d.min((1.0 + n) / (10.0 + n))
+            }
+            Some(EmaWarmup::Power { inv_gamma, power }) => {
+                let value = 1.0 - (1.0 + step as f64 / inv_gamma).powf(-power);
+                value.clamp(0.0, d)
+            }
+        }
+    }
+
     /// The learning rate of step `k` (counted from 0): `η · min(1, (k + 1)/W)`, or `η` when
     /// `W = 0`.
     pub fn learning_rate_at(&self, step: u64) -> f64 {
@@ -74,6 +119,10 @@ impl TrainerConfig {
         if !(0.0..=1.0).contains(&self.ema_decay) {
             return Err(Error::invalid("ema_decay", self.ema_decay, "must be in [0, 1]"));
         }
+        if let Some(EmaWarmup::Power { inv_gamma, power }) = self.ema_warmup {
+            scorefield_core::error::ensure_positive("inv_gamma", inv_gamma)?;
+            scorefield_core::error::ensure_positive("power", power)?;
+        }
         if self.batch_size == 0 {
             return Err(Error::invalid("batch_size", 0, "must be at least 1"));
         }
@@ -98,6 +147,8 @@ pub struct StepReport {
     pub loss: f64,
     /// The learning rate `η_k` the update used.
     pub learning_rate: f64,
+    /// The EMA decay `d_k` the step used ([`TrainerConfig::ema_decay_at`]).
+    pub ema_decay: f64,
     /// The global gradient norm `‖g‖₂` before clipping.
     pub grad_norm: f64,
     /// The factor the gradient was multiplied by, `min(1, c/‖g‖₂)` (1 without clipping).
@@ -259,8 +310,19 @@ impl<M: Module> Trainer<M> {
 
         let learning_rate = self.config.learning_rate_at(step);
         self.model = self.optimizer.step(learning_rate, self.model.clone(), grads);
-        self.ema = ema_update(&self.model, self.ema.clone(), self.config.ema_decay);
+        let ema_decay = self.config.ema_decay_at(step);
+        self.ema = ema_update(&self.model, self.ema.clone(), ema_decay);
         self.step += 1;
-        Ok(StepReport { step, loss, learning_rate, grad_norm, clip_scale, per_sample, sigma, t })
+        Ok(StepReport {
+            step,
+            loss,
+            learning_rate,
+            ema_decay,
+            grad_norm,
+            clip_scale,
+            per_sample,
+            sigma,
+            t,
+        })
     }
 }
