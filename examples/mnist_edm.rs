@@ -8,6 +8,7 @@
 //! cargo run --release --example mnist_classifier -- --data-dir ../shared/data/mnist  # once, for the table
 //! cargo run --release --example mnist_edm -- --data-dir ../shared/data/mnist
 //! cargo run --release --example mnist_edm -- --data-dir ../shared/data/mnist --sample-only
+//! cargo run --release --example mnist_edm -- --data-dir ../shared/data/mnist --steps 5000 --resume  # 2,500 more
 //! ```
 //!
 //! - Data: pixels in `[−1, 1]` (`2x − 1` of the dequantised `[0, 1]` digits), `σ_data = 0.5` as
@@ -35,11 +36,14 @@ use std::time::Instant;
 use burn::config::Config;
 use burn::tensor::{Device, Tensor};
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
+use rand::rngs::StdRng;
 use scorefield::data::mnist::Mnist;
 use scorefield::data::quality::{self, MnistClassifier};
-use scorefield::nn::{NcsnUnet, NcsnUnetConfig, Trainer, TrainerConfig, read_checkpoint};
+use scorefield::nn::{
+    Checkpoints, FitError, NcsnUnet, NcsnUnetConfig, Progress, Trainer, TrainerConfig,
+    read_checkpoint,
+};
 use scorefield::objective::DenoisingScoreMatching;
 use scorefield::param::Preconditioned;
 use scorefield::sampler::{
@@ -66,9 +70,12 @@ struct Args {
     /// Seed of the weights, the batches, the loss noise and the samples.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Training steps.
+    /// Training steps in all (with --resume, the run continues to this total).
     #[arg(long, default_value_t = 2_500)]
     steps: u64,
+    /// Continue training from the checkpoint in --out.
+    #[arg(long, conflicts_with = "sample_only")]
+    resume: bool,
     /// Batch size.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
@@ -102,51 +109,61 @@ fn run(args: Args) -> AnyResult<()> {
     let (device, dir, data) = args.mnist.open()?;
     println!("MNIST: {} images from {}; output: {}", data.len(), dir.display(), args.out.display());
     let checkpoints = args.out.join("checkpoint");
-    let trainer =
-        if args.sample_only { load(&checkpoints, &device)? } else { train(&args, &data, &device)? };
+    let trainer = if args.sample_only {
+        load(&checkpoints, &device)?
+    } else {
+        let trainer = if args.resume { Some(load(&checkpoints, &device)?) } else { None };
+        train(&args, trainer, &data, &device)?
+    };
     sample_all(&args, trainer.ema(), &data, &device)
 }
 
-fn train(args: &Args, data: &Mnist, device: &Device) -> AnyResult<Trainer<Model>> {
-    device.seed(args.seed);
-    let model_config = NcsnUnetConfig::new().with_width(args.width);
-    let model = Preconditioned::new(model_config.init(device), SIGMA_DATA)?;
-    let config = TrainerConfig::new()
-        .with_learning_rate(args.lr)
-        .with_ema_decay(args.ema_decay)
-        .with_batch_size(args.batch_size)
-        .with_seed(args.seed);
-    let mut trainer = Trainer::new(model, model_config.to_string(), config)?;
+/// Trains from scratch, or continues `resumed`, to `args.steps` steps in all.
+fn train(
+    args: &Args,
+    resumed: Option<Trainer<Model>>,
+    data: &Mnist,
+    device: &Device,
+) -> AnyResult<Trainer<Model>> {
+    let mut trainer = match resumed {
+        Some(trainer) => trainer,
+        None => {
+            device.seed(args.seed);
+            let model_config = NcsnUnetConfig::new().with_width(args.width);
+            let model = Preconditioned::new(model_config.init(device), SIGMA_DATA)?;
+            let config = TrainerConfig::new()
+                .with_learning_rate(args.lr)
+                .with_ema_decay(args.ema_decay)
+                .with_batch_size(args.batch_size)
+                .with_seed(args.seed);
+            Trainer::new(model, model_config.to_string(), config)?
+        }
+    };
     let objective = DenoisingScoreMatching::edm(-1.2, 1.2, SIGMA_DATA)?;
+    let batch_size = trainer.config().batch_size; // the checkpoint's, when resumed
     println!(
-        "EDM-preconditioned NCSN U-Net, {} parameters; {} steps of batch {}",
+        "EDM-preconditioned NCSN U-Net, {} parameters; {} steps of batch {batch_size}",
         burn::module::Module::num_params(trainer.model()),
         args.steps,
-        args.batch_size
     );
-    let bar = progress(args.steps, "train")?;
-    let started = Instant::now();
-    let mut smoothed = None::<f64>;
-    while trainer.steps() < args.steps {
-        let mut rng = trainer.batch_rng();
+    let batch = |rng: &mut StdRng| {
         let indices: Vec<usize> =
-            (0..args.batch_size).map(|_| rng.random_range(0..data.len())).collect();
-        let x0 = data.batch(&indices, device, &mut rng).mul_scalar(2.0).sub_scalar(1.0);
-        let loss = trainer.step(&objective, x0)?.loss;
-        let s = smoothed.map_or(loss, |s| 0.98 * s + 0.02 * loss);
-        smoothed = Some(s);
-        bar.set_message(format!("loss {s:.4}"));
-        bar.inc(1);
-    }
-    bar.finish();
-    let seconds = started.elapsed().as_secs_f64();
+            (0..batch_size).map(|_| rng.random_range(0..data.len())).collect();
+        Ok::<_, FitError>(data.batch(&indices, device, rng).mul_scalar(2.0).sub_scalar(1.0))
+    };
+    let mut progress = Progress::new("train", trainer.steps(), args.steps);
+    let mut checkpoint = Checkpoints::new(args.out.join("checkpoint"), 0); // at the end
+    let summary =
+        trainer.fit(&objective, args.steps, batch, &mut [&mut progress, &mut checkpoint])?;
     println!(
-        "trained {} steps in {seconds:.1} s ({:.3} s/step)",
-        args.steps,
-        seconds / args.steps as f64
+        "trained {} steps in {:.1} s ({:.3} s/step)",
+        summary.steps,
+        summary.seconds,
+        summary.seconds / summary.steps.max(1) as f64
     );
-    let path = trainer.save(args.out.join("checkpoint"))?;
-    println!("checkpoint: {}", path.display());
+    if let Some(path) = checkpoint.last() {
+        println!("checkpoint: {}", path.display());
+    }
     Ok(trainer)
 }
 
@@ -250,12 +267,4 @@ fn sample<St: Step<4>>(
     let init = driver.prior_sample([args.samples, 1, 28, 28], device, &mut noise)?;
     let out = driver.run(model, init, &mut noise, &mut ())?;
     Ok((out.x, out.evaluations, started.elapsed().as_secs_f64()))
-}
-
-fn progress(len: u64, what: &str) -> AnyResult<ProgressBar> {
-    let template =
-        format!("{what} {{elapsed_precise}} [{{bar:30}}] {{pos}}/{{len}} eta {{eta}} {{msg}}");
-    let bar = ProgressBar::new(len);
-    bar.set_style(ProgressStyle::with_template(&template)?.progress_chars("=> "));
-    Ok(bar)
 }

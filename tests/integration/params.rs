@@ -5,7 +5,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use scorefield::analytic::Gaussian;
-use scorefield::nn::{Conditioning, ScoreMlpConfig, Trainer, TrainerConfig};
+use scorefield::nn::{Conditioning, FitError, ScoreMlpConfig, StepReport, Trainer, TrainerConfig};
 use scorefield::objective::{DenoisingScoreMatching, Objective};
 use scorefield::param::{
     DataPrediction, EpsilonPrediction, Network, Preconditioned, ScorePrediction, SigmaTilde,
@@ -14,6 +14,7 @@ use scorefield::param::{
 use scorefield::schedule::VpSde;
 use scorefield::score::per_sample;
 use scorefield::{Error, NoiseLevel, NoiseSchedule, ScoreModel};
+use std::ops::ControlFlow;
 
 use crate::common::{flex, values};
 
@@ -178,10 +179,12 @@ fn the_trainer_trains_through_edm_preconditioning() {
     let mut trainer = Trainer::new(model, config.to_string(), trainer_config).unwrap();
     let edm = DenoisingScoreMatching::edm(-1.2, 1.2, S).unwrap();
     let mut losses = Vec::new();
-    for _ in 0..400 {
-        let batch = data().sample(256, &device, &mut trainer.batch_rng());
-        losses.push(trainer.step(&edm, batch).unwrap().loss);
-    }
+    let mut record = |_: &Trainer<_>, r: &StepReport| -> Result<ControlFlow<()>, FitError> {
+        losses.push(r.loss);
+        Ok(ControlFlow::Continue(()))
+    };
+    let batch = |rng: &mut StdRng| Ok::<_, FitError>(data().sample(256, &device, rng));
+    trainer.fit(&edm, 400, batch, &mut [&mut record]).unwrap();
     let early = losses[..20].iter().sum::<f64>() / 20.0;
     let late = losses[losses.len() - 100..].iter().sum::<f64>() / 100.0;
     eprintln!(

@@ -23,8 +23,8 @@ pub use dual::Dual;
 pub use layers::DualForward;
 pub use mlp::{Activation, Conditioning, ScoreMlp, ScoreMlpConfig};
 pub use train::{
-    CheckpointError, CheckpointInfo, EmaWarmup, LossLog, LossRow, StepReport, Trainer,
-    TrainerConfig, read_checkpoint,
+    Callback, CheckpointError, CheckpointInfo, Checkpoints, EmaWarmup, FitError, FitSummary,
+    LossCsv, LossLog, LossRow, Progress, StepReport, Trainer, TrainerConfig, read_checkpoint,
 };
 pub use unet::{NcsnUnet, NcsnUnetConfig};
 

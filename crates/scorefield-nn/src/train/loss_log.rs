@@ -44,6 +44,37 @@ impl LossLog {
         Ok(Self { levels: levels.to_vec(), sums: vec![(0.0, 0); levels.len() + 1], rows: vec![] })
     }
 
+    /// The log binned by `levels` holding the rows of `csv` (as written by
+    /// [`to_csv`](Self::to_csv)) stamped with a step of at most `up_to`: the log of a run
+    /// resumed from its checkpoint at step `up_to`.
+    ///
+    /// Errors with the reason if a level is invalid or the CSV does not parse.
+    pub fn from_csv(levels: &[f64], csv: &str, up_to: u64) -> Result<Self, String> {
+        let mut log = Self::new(levels).map_err(|e| e.to_string())?;
+        let mut lines = csv.lines();
+        if lines.next() != Some("step,level,mean_loss,count") {
+            return Err("the header is not `step,level,mean_loss,count`".into());
+        }
+        for (i, line) in lines.enumerate().filter(|(_, l)| !l.is_empty()) {
+            let bad = |what: &str| format!("line {}: {what} in `{line}`", i + 2);
+            let fields: Vec<&str> = line.split(',').collect();
+            let [step, level, mean_loss, count] = fields[..] else {
+                return Err(bad("not four fields"));
+            };
+            let step: u64 = step.parse().map_err(|_| bad("a bad step"))?;
+            let level = match level {
+                "all" => None,
+                l => Some(l.parse::<f64>().map_err(|_| bad("a bad level"))?),
+            };
+            let mean_loss = mean_loss.parse().map_err(|_| bad("a bad mean loss"))?;
+            let count = count.parse().map_err(|_| bad("a bad count"))?;
+            if step <= up_to {
+                log.rows.push(LossRow { step, level, mean_loss, count });
+            }
+        }
+        Ok(log)
+    }
+
     /// The levels the log bins by.
     pub fn levels(&self) -> &[f64] {
         &self.levels

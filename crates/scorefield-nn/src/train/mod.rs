@@ -16,6 +16,11 @@
 //!                                                            a warm-up to d: EmaWarmup)
 //! ```
 //!
+//! [`Trainer::fit`] is the loop around the step, with callbacks for logging, checkpoints,
+//! progress and early stopping (`fit.rs`). The files: `trainer.rs` (the configuration and the
+//! step), `params.rs` (the visitors over parameters: gradient norm, clipping, EMA),
+//! `checkpoint.rs`, `loss_log.rs`, `fit.rs`.
+//!
 //! The EMA copy lives outside autodiff and is the model to sample from (NCSNv2, DDPM and the
 //! score SDE all sample from it). The random numbers of step `k` (the objective's noise and
 //! levels) come from a generator seeded by `(seed, k)`, and [`Trainer::batch_rng`] gives a
@@ -70,6 +75,7 @@
 //! ```
 
 mod checkpoint;
+mod fit;
 mod loss_log;
 mod params;
 #[cfg(test)]
@@ -77,5 +83,6 @@ mod tests;
 mod trainer;
 
 pub use checkpoint::{CheckpointError, CheckpointInfo, read_checkpoint};
+pub use fit::{Callback, Checkpoints, Every, FitError, FitSummary, LossCsv, Progress, every};
 pub use loss_log::{LossLog, LossRow};
 pub use trainer::{EmaWarmup, StepReport, Trainer, TrainerConfig};

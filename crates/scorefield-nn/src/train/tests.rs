@@ -22,6 +22,7 @@ use scorefield_core::analytic::GaussianMixture;
 use scorefield_core::objective::{DenoisingScoreMatching, Weighting};
 use scorefield_core::schedule::GeometricSigmas;
 use scorefield_core::{LossOutput, NoiseLevel, ScoreModel};
+use std::ops::ControlFlow;
 
 /// Every float parameter of a module, in visiting order, as f64.
 fn params<M: Module>(module: &M) -> Vec<Vec<f64>> {
@@ -616,5 +617,92 @@ fn the_loss_log_bins_by_nearest_level_and_writes_csv_atomically() {
     assert_eq!(lines[2], "7,0.1,2,1");
     assert_eq!(lines[5], "8,all,3,2");
     assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "no temporary file is left");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `fit` on the mixture to `until`, with the given callbacks.
+fn fit_to(
+    trainer: &mut Trainer<ScoreMlp>,
+    until: u64,
+    dev: &Device,
+    callbacks: &mut [&mut dyn Callback<ScoreMlp>],
+) -> Result<FitSummary, FitError> {
+    let data = mixture();
+    let batch = |rng: &mut StdRng| Ok::<_, FitError>(data.sample(32, dev, rng));
+    trainer.fit(&ncsn(), until, batch, callbacks)
+}
+
+#[test]
+fn fit_is_the_step_loop_and_resumes_to_the_same_run_and_loss_csv() {
+    let dev = device();
+    let dir = scratch("fit");
+    let (config, json) = (TrainerConfig::new().with_seed(5).with_batch_size(32), "{}");
+    let model = mlp_config(8).init(&dev);
+    let levels = GeometricSigmas::ncsn().sigmas();
+    // By hand: six steps of `step`.
+    let mut by_hand = Trainer::new(model.clone(), json, config.clone()).unwrap();
+    let losses = run(&mut by_hand, 6, 32, &dev);
+    // Straight: `fit` to 6, a loss CSV row every step.
+    let mut straight = Trainer::new(model.clone(), json, config.clone()).unwrap();
+    let mut csv = LossCsv::new(&levels, dir.join("straight.csv"), 1).unwrap();
+    let summary = fit_to(&mut straight, 6, &dev, &mut [&mut csv]).unwrap();
+    assert_eq!((summary.steps, summary.stopped), (6, false));
+    assert_eq!(summary.last.unwrap().loss.to_bits(), losses[5].to_bits());
+    assert_eq!(bits(&params(straight.model())), bits(&params(by_hand.model())));
+    // Interrupted at 3 (a checkpoint at the end), resumed to 6 from the checkpoint and CSV.
+    let path = dir.join("resumed.csv");
+    let mut first = Trainer::new(model, json, config).unwrap();
+    let mut saves = Checkpoints::new(dir.join("ckpt"), 0);
+    let mut csv = LossCsv::new(&levels, &path, 1).unwrap();
+    fit_to(&mut first, 3, &dev, &mut [&mut saves, &mut csv]).unwrap();
+    assert!(saves.last().is_some());
+    // A crashed run had written rows beyond the checkpoint: they are dropped on resume.
+    let stale = format!("{}7,all,9.5,32\n", fs::read_to_string(&path).unwrap());
+    fs::write(&path, stale).unwrap();
+    let mut resumed = Trainer::load(dir.join("ckpt"), mlp_config(8).init(&dev), json).unwrap();
+    let mut csv = LossCsv::resume(&levels, &path, 1, resumed.steps()).unwrap();
+    let summary = fit_to(&mut resumed, 6, &dev, &mut [&mut csv]).unwrap();
+    assert_eq!(summary.steps, 3);
+    assert_eq!(bits(&params(resumed.model())), bits(&params(straight.model())));
+    assert_eq!(bits(&params(resumed.ema())), bits(&params(straight.ema())));
+    let read = |name: &str| fs::read_to_string(dir.join(name)).unwrap();
+    assert_eq!(read("resumed.csv"), read("straight.csv"));
+    // A file that is not a loss log is a typed error, not a silent restart.
+    fs::write(&path, "not,a,log\n").unwrap();
+    let err = LossCsv::resume(&levels, &path, 1, 3).unwrap_err();
+    assert!(matches!(err, FitError::Checkpoint(CheckpointError::Corrupt { .. })), "{err}");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_callback_stops_fit_and_errors_propagate_typed() {
+    let dev = device();
+    let dir = scratch("fit-stop");
+    let config = TrainerConfig::new().with_batch_size(32);
+    let mut trainer = Trainer::new(mlp_config(8).init(&dev), "{}", config).unwrap();
+    let mut stop = |t: &Trainer<ScoreMlp>, _: &StepReport| -> Result<ControlFlow<()>, FitError> {
+        Ok(if t.steps() == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+    };
+    let mut seen = Vec::new();
+    let mut log = every(1, |t: &Trainer<ScoreMlp>, r: &StepReport| {
+        seen.push((t.steps(), r.step));
+        Ok(())
+    });
+    let mut saves = Checkpoints::new(&dir, 0);
+    let summary = fit_to(&mut trainer, 10, &dev, &mut [&mut stop, &mut log, &mut saves]).unwrap();
+    assert_eq!((summary.steps, summary.stopped, trainer.steps()), (2, true, 2));
+    assert_eq!(seen, [(1, 0), (2, 1)]);
+    assert_eq!(read_checkpoint(&dir).unwrap().step, 2, "on_end saved the stopped run");
+    // A failing batch source and a failing callback.
+    let bad = |_: &mut StdRng| Err::<Tensor<2>, _>(std::io::Error::other("disk gone"));
+    let err = trainer.fit(&ncsn(), 5, bad, &mut []).unwrap_err();
+    assert!(matches!(err, FitError::Data(_)), "{err}");
+    let mut failing =
+        |_: &Trainer<ScoreMlp>, _: &StepReport| -> Result<ControlFlow<()>, FitError> {
+            Err(FitError::Callback("no room for samples".into()))
+        };
+    let err = fit_to(&mut trainer, 5, &dev, &mut [&mut failing]).unwrap_err();
+    assert!(matches!(err, FitError::Callback(_)), "{err}");
+    assert_eq!(trainer.steps(), 3, "the step before the callback failed was taken");
     fs::remove_dir_all(&dir).unwrap();
 }
