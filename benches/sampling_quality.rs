@@ -41,6 +41,9 @@ use scorefield::schedule::{Karras, VpSde};
 use scorefield::{NoiseSchedule, Sampler};
 
 const N: usize = 1000;
+
+/// A grid constructor: the grid of `steps` steps.
+type GridOf<'a> = &'a dyn Fn(usize) -> Grid;
 const NFES: [usize; 8] = [5, 10, 20, 35, 50, 100, 200, 1000];
 
 fn mixture(dim: usize) -> GaussianMixture {
@@ -110,7 +113,7 @@ fn main() {
         move |steps: usize| scaled_grid(steps, sigma_max, sigma_min)
     };
     let (scaled_2, scaled_64) = (scaled(2), scaled(64));
-    let grids: [(usize, &str, &dyn Fn(usize) -> Grid); 6] = [
+    let grids: [(usize, &str, GridOf); 6] = [
         (2, "EDM grid", &edm_grid),
         (2, "VP uniform-t grid", &vp_grid),
         (2, "data-scaled grid", &scaled_2),
