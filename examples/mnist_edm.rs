@@ -129,7 +129,7 @@ fn train(args: &Args, data: &Mnist, device: &Device) -> AnyResult<Trainer<Model>
         let mut rng = trainer.batch_rng();
         let indices: Vec<usize> =
             (0..args.batch_size).map(|_| rng.random_range(0..data.len())).collect();
-        let x0 = data.batch(&indices, device, &mut rng).mul_scalar(2.0).sub_scalar(1.0);
+        let x0 = data.batch(&indices, device, &mut rng)?.mul_scalar(2.0).sub_scalar(1.0);
         let loss = trainer.step(&objective, x0)?.loss;
         let s = smoothed.map_or(loss, |s| 0.98 * s + 0.02 * loss);
         smoothed = Some(s);
@@ -175,7 +175,7 @@ fn sample_all(args: &Args, model: &Model, data: &Mnist, device: &Device) -> AnyR
     };
     let reference_len = quality::CLASSIFIER_HELD_OUT.len().min(data.len());
     let reference: Vec<usize> = (data.len() - reference_len..data.len()).collect();
-    let reference = data.images(&reference, device);
+    let reference = data.images(&reference, device)?;
     let mut table = String::from(
         "sampler | NFE | confident | Fréchet | seconds\n--- | ---: | ---: | ---: | ---:\n",
     );

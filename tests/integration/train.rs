@@ -57,7 +57,7 @@ fn dsm_on_a_tiny_mnist_subset_lowers_the_loss() {
     // The loss on the whole subset with fixed noise, before and after.
     let eval = |trainer: &Trainer<NcsnUnet>| -> f64 {
         let model = trainer.model().valid();
-        let x = mnist.images(&subset, &device);
+        let x = mnist.images(&subset, &device).unwrap();
         let out = objective.loss(&model, x, &mut StdRng::seed_from_u64(99)).unwrap();
         out.loss.into_scalar::<f64>()
     };
@@ -66,7 +66,7 @@ fn dsm_on_a_tiny_mnist_subset_lowers_the_loss() {
     for _ in 0..30 {
         let mut rng = trainer.batch_rng();
         let picks: Vec<usize> = sample(&mut rng, subset.len(), 16).into_iter().collect();
-        let x = mnist.batch(&picks, &device, &mut rng);
+        let x = mnist.batch(&picks, &device, &mut rng).unwrap();
         losses.push(trainer.step(&objective, x).unwrap().loss);
     }
     let after = eval(&trainer);
