@@ -343,8 +343,10 @@ pub fn accuracy(
     }
     let mut correct = 0;
     for chunk in indices.chunks(CHUNK) {
-        let probs = host_rows(classifier.logits(mnist.images(chunk, device).map_err(lookup_error)?))?;
-        for (row, label) in probs.chunks(CLASSES).zip(mnist.labels_of(chunk).map_err(lookup_error)?) {
+        let probs =
+            host_rows(classifier.logits(mnist.images(chunk, device).map_err(lookup_error)?))?;
+        for (row, label) in probs.chunks(CLASSES).zip(mnist.labels_of(chunk).map_err(lookup_error)?)
+        {
             correct += usize::from(argmax(row) == usize::from(label));
         }
     }
