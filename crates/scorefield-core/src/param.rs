@@ -23,7 +23,7 @@
 //! without preconditioning it.
 
 use burn::module::Module;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 
 use crate::error::{Result, ensure_positive};
 use crate::score::{NoiseLevel, ScoreModel, per_sample};
@@ -36,6 +36,11 @@ pub trait Network<const D: usize> {
 
     /// The shape of one sample, if fixed (as [`ScoreModel::sample_shape`]).
     fn sample_shape(&self) -> Option<Vec<usize>> {
+        None
+    }
+
+    /// The float type of the network's parameters, if fixed (as [`ScoreModel::float_dtype`]).
+    fn float_dtype(&self) -> Option<DType> {
         None
     }
 }
@@ -90,6 +95,10 @@ impl<const D: usize, N: Network<D>> Network<D> for SigmaTilde<N> {
 
     fn sample_shape(&self) -> Option<Vec<usize>> {
         self.net.sample_shape()
+    }
+
+    fn float_dtype(&self) -> Option<DType> {
+        self.net.float_dtype()
     }
 }
 
@@ -159,6 +168,10 @@ impl<const D: usize, N: Network<D>> ScoreModel<D> for ScorePrediction<N> {
     fn sample_shape(&self) -> Option<Vec<usize>> {
         self.net.sample_shape()
     }
+
+    fn float_dtype(&self) -> Option<DType> {
+        self.net.float_dtype()
+    }
 }
 
 impl<const D: usize, N: Network<D>> ScoreModel<D> for EpsilonPrediction<N> {
@@ -170,6 +183,10 @@ impl<const D: usize, N: Network<D>> ScoreModel<D> for EpsilonPrediction<N> {
 
     fn sample_shape(&self) -> Option<Vec<usize>> {
         self.net.sample_shape()
+    }
+
+    fn float_dtype(&self) -> Option<DType> {
+        self.net.float_dtype()
     }
 }
 
@@ -183,6 +200,10 @@ impl<const D: usize, N: Network<D>> ScoreModel<D> for DataPrediction<N> {
 
     fn sample_shape(&self) -> Option<Vec<usize>> {
         self.net.sample_shape()
+    }
+
+    fn float_dtype(&self) -> Option<DType> {
+        self.net.float_dtype()
     }
 }
 
@@ -201,6 +222,10 @@ impl<const D: usize, N: Network<D>> ScoreModel<D> for VPrediction<N> {
     fn sample_shape(&self) -> Option<Vec<usize>> {
         self.net.sample_shape()
     }
+
+    fn float_dtype(&self) -> Option<DType> {
+        self.net.float_dtype()
+    }
 }
 
 impl<const D: usize, N: Network<D>> ScoreModel<D> for Preconditioned<N> {
@@ -212,5 +237,9 @@ impl<const D: usize, N: Network<D>> ScoreModel<D> for Preconditioned<N> {
 
     fn sample_shape(&self) -> Option<Vec<usize>> {
         self.net.sample_shape()
+    }
+
+    fn float_dtype(&self) -> Option<DType> {
+        self.net.float_dtype()
     }
 }
