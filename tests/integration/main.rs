@@ -13,6 +13,7 @@
 //! - `solver_refs`: one run of each solver against k-diffusion's and diffusers' values.
 //! - `backends`: the same computations on ndarray and wgpu agree with flex (feature-gated).
 //! - `params`: the parameterisation modules against the exact score, EDM's loss, training.
+//! - `precision`: f64 runs of a sampler and an objective against the host in f64 and f32.
 //! - `ode_likelihood`: the probability-flow ODE and its log-likelihood against exact oracles.
 //! - `train`: the trainer in f32: DSM on a tiny synthetic MNIST subset, bit-identical resume.
 
@@ -25,6 +26,7 @@ mod mnist;
 mod objectives;
 mod ode_likelihood;
 mod params;
+mod precision;
 mod samplers;
 mod schedules;
 mod solver_refs;
