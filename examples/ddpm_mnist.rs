@@ -234,7 +234,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..args.steps {
         let mut rng = trainer.batch_rng();
         let picks: Vec<usize> = sample(&mut rng, split, batch_size).into_iter().collect();
-        let x = to_model_range(data.images(&picks, &device));
+        let x = to_model_range(data.images(&picks, &device)?);
         let report = trainer.step(&objective, x)?;
         let loss = smoothed.map_or(report.loss, |m: f64| 0.98 * m + 0.02 * report.loss);
         smoothed = Some(loss);
@@ -261,7 +261,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let model = trainer.ema().clone();
     let mut rng = StdRng::seed_from_u64(args.seed ^ 0x5eed_5a3e);
-    let reference = data.images(&held_out, &device);
+    let reference = data.images(&held_out, &device)?;
     save_grid(reference.clone().narrow(0, 0, 64.min(held_out.len())), &args.out.join("data.png"))?;
 
     let start = Instant::now();
@@ -323,7 +323,7 @@ fn bound(
     let elbo = EpsilonElbo::bound(ddpm.clone(), ModelVariance::Beta);
     let n = indices.len();
     // Exactly 2p/255 − 1: the centres of the decoder's bins.
-    let x0 = to_model_range(data.images(indices, &device));
+    let x0 = to_model_range(data.images(indices, &device)?);
     let host = |t: Tensor<1>| t.try_into_vec_as::<f64>().expect("readback");
     let prior = host(elbo.prior_term(x0.clone())?);
     let (mut decoder, mut steps) = (vec![0.0; n], vec![0.0; n]);

@@ -38,11 +38,10 @@ use burn::tensor::{Device, Tensor};
 use clap::Parser;
 use rand::Rng;
 use rand::rngs::StdRng;
-use scorefield::data::mnist::Mnist;
+use scorefield::data::mnist::{Mnist, MnistError};
 use scorefield::data::quality::{self, MnistClassifier};
 use scorefield::nn::{
-    Checkpoints, FitError, NcsnUnet, NcsnUnetConfig, Progress, Trainer, TrainerConfig,
-    read_checkpoint,
+    Checkpoints, NcsnUnet, NcsnUnetConfig, Progress, Trainer, TrainerConfig, read_checkpoint,
 };
 use scorefield::objective::DenoisingScoreMatching;
 use scorefield::param::Preconditioned;
@@ -149,7 +148,7 @@ fn train(
     let batch = |rng: &mut StdRng| {
         let indices: Vec<usize> =
             (0..batch_size).map(|_| rng.random_range(0..data.len())).collect();
-        Ok::<_, FitError>(data.batch(&indices, device, rng).mul_scalar(2.0).sub_scalar(1.0))
+        Ok::<_, MnistError>(data.batch(&indices, device, rng)?.mul_scalar(2.0).sub_scalar(1.0))
     };
     let mut progress = Progress::new("train", trainer.steps(), args.steps);
     let mut checkpoint = Checkpoints::new(args.out.join("checkpoint"), 0); // at the end
@@ -194,7 +193,7 @@ fn sample_all(args: &Args, model: &Model, data: &Mnist, device: &Device) -> AnyR
     };
     let reference_len = quality::CLASSIFIER_HELD_OUT.len().min(data.len());
     let reference: Vec<usize> = (data.len() - reference_len..data.len()).collect();
-    let reference = data.images(&reference, device);
+    let reference = data.images(&reference, device)?;
     let mut table = String::from(
         "sampler | NFE | confident | Fréchet | seconds\n--- | ---: | ---: | ---: | ---:\n",
     );

@@ -312,7 +312,7 @@ fn run(args: Args) -> AnyResult<()> {
         let mut rng = trainer.batch_rng();
         let indices: Vec<usize> =
             (0..batch_size).map(|_| rng.random_range(0..data.len())).collect();
-        let x0 = data.batch(&indices, &device, &mut rng);
+        let x0 = data.batch(&indices, &device, &mut rng)?;
         let report = trainer.step(&objective, x0)?;
         train_time += tick.elapsed();
         log.record(&report);
@@ -376,7 +376,7 @@ fn report_quality(args: &Args, samples: Tensor<4>, data: &Mnist, device: &Device
     };
     let reference_len = quality::CLASSIFIER_HELD_OUT.len().min(data.len());
     let indices: Vec<usize> = (data.len() - reference_len..data.len()).collect();
-    let report = quality::evaluate(&classifier, samples, data.images(&indices, device))?;
+    let report = quality::evaluate(&classifier, samples, data.images(&indices, device)?)?;
     let text = format!(
         "{report}\n(calibrate with `cargo run --release --example sample_quality`: real digits \
          against real digits of the same counts, and noise)\n"

@@ -67,7 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         100.0 * accuracy,
         held_out.len()
     );
-    let reference = data.images(&held_out, &device);
+    let reference = data.images(&held_out, &device)?;
     let digits = |range: std::ops::Range<usize>| data.images(&range.collect::<Vec<_>>(), &device);
     let row = |name: &str, samples: Tensor<4>, reference: Tensor<4>| -> scorefield::Result<()> {
         let r = quality::evaluate(&classifier, samples, reference)?;
@@ -82,7 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     println!("\n{:<44} {:>5} {:>5} {:>10} {:>10}", "samples", "n", "ref", "confident", "Fréchet");
     let half = CLASSIFIER_HELD_OUT.start + held_out.len() / 2;
-    let second_half = digits(half..CLASSIFIER_HELD_OUT.end);
+    let second_half = digits(half..CLASSIFIER_HELD_OUT.end)?;
     for n in [16, 64, 256, 1000] {
         let name = format!(
             "real, held-out {}..{} vs the other half",
@@ -91,23 +91,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         row(
             &name,
-            digits(CLASSIFIER_HELD_OUT.start..CLASSIFIER_HELD_OUT.start + n),
+            digits(CLASSIFIER_HELD_OUT.start..CLASSIFIER_HELD_OUT.start + n)?,
             second_half.clone(),
         )?;
     }
     let train_start = CLASSIFIER_TRAIN.start;
     for n in [16, 64, 256, 1000] {
         let name = format!("real, digits {train_start}..{} (as ddpm_mnist)", train_start + n);
-        row(&name, digits(train_start..train_start + n), reference.clone())?;
+        row(&name, digits(train_start..train_start + n)?, reference.clone())?;
     }
     let mut rng = StdRng::seed_from_u64(args.seed);
-    let real = digits(train_start..train_start + 1000);
+    let real = digits(train_start..train_start + 1000)?;
     for sigma in [0.1, 0.3, 0.5] {
         let noise = standard_normal([1000, 1, 28, 28], &device, &mut rng).mul_scalar(sigma);
         let name = format!("real + N(0, {sigma}²) noise, clamped");
         row(&name, real.clone().add(noise).clamp(0.0, 1.0), reference.clone())?;
     }
-    let one = digits(train_start..train_start + 1).repeat_dim(0, 64);
+    let one = digits(train_start..train_start + 1)?.repeat_dim(0, 64);
     row("one real digit repeated (mode collapse)", one, reference.clone())?;
     for n in [64, 1000] {
         row("uniform noise U(0, 1)", uniform_noise(n, &device, &mut rng), reference.clone())?;

@@ -19,6 +19,7 @@ use scorefield::objective::{
     DataLevel, DenoisingScoreMatching, EpsilonElbo, ExactScoreMatching, LevelSampling,
     ModelVariance, Projection, SlicedScoreMatching, Weighting,
 };
+use scorefield::param::EpsilonPrediction;
 use scorefield::random::standard_normal;
 use scorefield::schedule::{Ddpm, GeometricSigmas, VpSde};
 use scorefield::score::{EpsilonModel, FromEpsilon};
@@ -692,12 +693,14 @@ fn bound_terms_and_l_simple_match_a_host_computation() {
             let seeded = || StdRng::seed_from_u64(case as u64);
             let x = f64_tensor(&x0, [n, d], &device);
             let got = values(elbo.step_term(&model, x, &steps, &mut seeded()).unwrap());
-            let eps = values(standard_normal([n, d], &device, &mut seeded()));
+            // The noise of an f64 run: f64 standard normals from the same stream.
+            let mut noise = seeded();
+            let eps: Vec<f64> = (0..n * d).map(|_| StandardNormal.sample(&mut noise)).collect();
             for i in 0..n {
                 let row = i * d..(i + 1) * d;
                 let want = host_term(variance, steps[i], &x0[row.clone()], &eps[row]);
                 assert!(
-                    (got[i] - want).abs() < 1e-9 * (1.0 + want.abs()),
+                    (got[i] - want).abs() < 1e-12 * (1.0 + want.abs()),
                     "{variance:?} t = {}: {} vs {want}",
                     steps[i],
                     got[i]
@@ -720,13 +723,13 @@ fn bound_terms_and_l_simple_match_a_host_computation() {
     );
     let mut rng = StdRng::seed_from_u64(99);
     let steps: Vec<usize> = (0..n).map(|_| rng.random_range(1..=1000)).collect();
-    let eps = values(standard_normal([n, d], &device, &mut rng));
+    let eps: Vec<f64> = (0..n * d).map(|_| StandardNormal.sample(&mut rng)).collect();
     for i in 0..n {
         let want = (0..d)
             .map(|j| (eps[i * d + j] - c * x_t(steps[i], x0[i * d + j], eps[i * d + j])).powi(2))
             .sum::<f64>()
             / d as f64;
-        assert!((got[i] - want).abs() < 1e-9 * (1.0 + want), "L_simple {} vs {want}", got[i]);
+        assert!((got[i] - want).abs() < 1e-12 * (1.0 + want), "L_simple {} vs {want}", got[i]);
     }
     eprintln!("L_simple per sample agrees with the host: {:.5?}", &got[..3]);
 }
@@ -1003,6 +1006,135 @@ fn objectives_reject_bad_input_with_typed_errors() {
         .loss_with_projections(&model, good, axes, &mut rng)
         .unwrap_err();
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+}
+
+/// A model whose score is `−x` (the score of `N(0, I)`) with JVP `−v`, made wrong: the score
+/// (and JVP) of another shape or dtype than the input, or only the JVP of another shape
+/// (`Fine`: neither, the control).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum WrongOutput {
+    Fine,
+    Shape,
+    DType,
+    TangentShape,
+}
+
+impl WrongOutput {
+    fn spoil(self, x: Tensor<2>) -> Tensor<2> {
+        match self {
+            WrongOutput::Fine => x,
+            WrongOutput::Shape | WrongOutput::TangentShape => x.narrow(1, 0, 1),
+            WrongOutput::DType => x.cast(DType::F64),
+        }
+    }
+}
+
+impl ScoreModel<2> for WrongOutput {
+    fn score(&self, x: Tensor<2>, _level: &NoiseLevel) -> Tensor<2> {
+        match self {
+            WrongOutput::TangentShape => x.neg(),
+            wrong => wrong.spoil(x.neg()),
+        }
+    }
+}
+
+impl ScoreJvp<2> for WrongOutput {
+    fn score_jvp(&self, x: Tensor<2>, level: &NoiseLevel, v: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+        (self.score(x, level), self.spoil(v.neg()))
+    }
+}
+
+/// Every objective returns the typed error of a model output of another shape or dtype than
+/// its input (the score, or the JVP for exact and sliced SM) instead of panicking inside the
+/// backend; the same objectives accept the f32 batch from a well-formed model.
+#[test]
+fn every_objective_rejects_a_model_output_of_another_shape_or_dtype() {
+    let device = flex();
+    let mut rng = StdRng::seed_from_u64(23);
+    let x = Tensor::<2>::ones([4, 2], &device).mul_scalar(0.5);
+    let ddpm = Ddpm::linear(100).unwrap();
+    let perturbed = DataLevel::at(&VpSde::ddpm(), 0.5).unwrap();
+    let with_jvp: Vec<(&str, Box<dyn Objective<WrongOutput, 2>>)> = vec![
+        ("exact", Box::new(ExactScoreMatching::new())),
+        ("exact perturbed", Box::new(ExactScoreMatching::at_level(perturbed))),
+        ("sliced", Box::new(SlicedScoreMatching::new(2, Projection::Rademacher))),
+        ("sliced VR", Box::new(SlicedScoreMatching::variance_reduced(3, Projection::Gaussian))),
+    ];
+    let score_only: Vec<(&str, Box<dyn Objective<WrongOutput, 2>>)> = vec![
+        ("dsm single", Box::new(DenoisingScoreMatching::single(0.1).unwrap())),
+        (
+            "dsm multi-scale",
+            Box::new(DenoisingScoreMatching::multi_scale(&VpSde::ddpm(), 5).unwrap()),
+        ),
+        ("dsm continuous", Box::new(DenoisingScoreMatching::continuous(VpSde::ddpm()).unwrap())),
+        ("dsm edm", Box::new(DenoisingScoreMatching::edm(-1.2, 1.2, 0.5).unwrap())),
+        ("elbo simple", Box::new(EpsilonElbo::simple(ddpm.clone()))),
+        ("elbo bound", Box::new(EpsilonElbo::bound(ddpm.clone(), ModelVariance::Beta))),
+    ];
+    for (name, objective) in with_jvp.iter().chain(&score_only) {
+        let err = objective.loss(&WrongOutput::Shape, x.clone(), &mut rng).unwrap_err();
+        assert!(matches!(err, Error::ShapeMismatch { .. }), "{name}: {err}");
+        let err = objective.loss(&WrongOutput::DType, x.clone(), &mut rng).unwrap_err();
+        assert!(matches!(err, Error::DTypeMismatch { .. }), "{name}: {err}");
+    }
+    for (name, objective) in &with_jvp {
+        let err = objective.loss(&WrongOutput::TangentShape, x.clone(), &mut rng).unwrap_err();
+        assert!(matches!(err, Error::ShapeMismatch { .. }), "{name}: {err}");
+    }
+    for (name, objective) in with_jvp.iter().chain(&score_only) {
+        let ok = objective.loss(&WrongOutput::Fine, x.clone(), &mut rng);
+        assert!(ok.is_ok(), "{name}: {:?}", ok.err());
+    }
+    // The other entry points that call the model.
+    let sliced = SlicedScoreMatching::new(1, Projection::Gaussian);
+    let axes = scaled_axes(&x);
+    for (wrong, dtype) in [(WrongOutput::Shape, false), (WrongOutput::DType, true)] {
+        let err = sliced.loss_with_projections(&wrong, x.clone(), axes.clone(), &mut rng);
+        let err = err.unwrap_err();
+        assert_eq!(matches!(err, Error::DTypeMismatch { .. }), dtype, "{err}");
+        let err = score_and_trace(&wrong, x.clone(), &NoiseLevel::clean(4, &device)).unwrap_err();
+        assert_eq!(matches!(err, Error::DTypeMismatch { .. }), dtype, "{err}");
+        let elbo = EpsilonElbo::bound(ddpm.clone(), ModelVariance::Beta);
+        let err = elbo.terms(&wrong, x.clone(), &mut rng).unwrap_err();
+        assert_eq!(matches!(err, Error::DTypeMismatch { .. }), dtype, "{err}");
+    }
+}
+
+/// An f64 batch given to an f32 network (which would panic in its first matrix product) is a
+/// typed error from every objective, before the network runs, through the parameterisation
+/// and finite-difference wrappers too; the f32 batch is accepted.
+#[test]
+fn every_objective_rejects_a_batch_in_another_float_type_than_the_network() {
+    let device = flex();
+    let mut rng = StdRng::seed_from_u64(29);
+    let mlp = ScoreMlpConfig::new(2).with_hidden(8).with_layers(1).init(&device);
+    assert_eq!(ScoreModel::<2>::float_dtype(&mlp), Some(DType::F32));
+    let x32 = Tensor::<2>::ones([4, 2], &device);
+    let x64 = x32.clone().cast(DType::F64);
+    let ddpm = Ddpm::linear(100).unwrap();
+    let dtype_error = |r: Result<LossOutput, Error>, name: &str| match r {
+        Err(Error::DTypeMismatch { expected, got, .. }) => {
+            assert!(expected.contains("F32") && got.contains("F64"), "{name}: {expected} / {got}")
+        }
+        other => panic!("{name}: {other:?}"),
+    };
+    let with_jvp: Vec<(&str, Box<dyn Objective<ScoreMlp, 2>>)> = vec![
+        ("exact", Box::new(ExactScoreMatching::new())),
+        ("sliced", Box::new(SlicedScoreMatching::new(2, Projection::Rademacher))),
+        ("dsm", Box::new(DenoisingScoreMatching::single(0.1).unwrap())),
+        ("elbo simple", Box::new(EpsilonElbo::simple(ddpm.clone()))),
+        ("elbo bound", Box::new(EpsilonElbo::bound(ddpm.clone(), ModelVariance::Beta))),
+    ];
+    for (name, objective) in &with_jvp {
+        dtype_error(objective.loss(&mlp, x64.clone(), &mut rng), name);
+        assert!(objective.loss(&mlp, x32.clone(), &mut rng).is_ok(), "{name}");
+    }
+    let fd = FiniteDifference::new(mlp.clone(), SUGGESTED_STEP_F32).unwrap();
+    dtype_error(ExactScoreMatching::new().loss(&fd, x64.clone(), &mut rng), "exact, FD");
+    let eps = EpsilonPrediction { net: mlp };
+    let dsm = DenoisingScoreMatching::single(0.1).unwrap();
+    dtype_error(dsm.loss(&eps, x64.clone(), &mut rng), "dsm, ε-prediction");
+    dtype_error(EpsilonElbo::simple(ddpm).loss(&eps, x64, &mut rng), "elbo, ε-prediction");
 }
 
 /// Exact SM at a perturbed level fits the score of `pₜ`: evaluated at the Gaussian oracle (which,

@@ -644,13 +644,13 @@ mod momentum {
             }
             // One noise level per sample, and the model's sample shape if it declares one.
             let device = init.device();
-            let level = NoiseLevel::clean(init.dims()[0], &device);
+            let level = NoiseLevel::clean(init.dims()[0], (&device, init.dtype()));
             check_batch("MomentumLangevin", &init, model.sample_shape().as_deref(), &level)?;
             let mut x = init;
             let mut v = x.zeros_like();
             for step in 0..self.steps {
                 // All randomness from the caller's rng, in the state's dtype.
-                let z = standard_normal(x.dims(), &device, rng).cast(x.dtype());
+                let z = standard_normal(x.dims(), (&device, x.dtype()), rng);
                 let s = model.score(x.clone(), &level);
                 v = v.mul_scalar(1.0 - gamma * h)
                     + s.mul_scalar(h)

@@ -10,10 +10,11 @@
 //! Both types implement [`ScoreModel`] and [`ScoreJvp`] exactly (at the noise level of each
 //! batch element), so every objective and sampler can be tested against them, and they are the
 //! first thing a tutorial shows. The computations follow the dtype of the input tensor: pass
-//! f64 tensors for f64 precision.
+//! f64 tensors for f64 precision. Samples are drawn in f64 on the host and created in the
+//! float type of the options given: `&device` (the device's default) or `(&device, DType::F64)`.
 
 use burn::tensor::activation::softmax;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorCreationOptions, TensorData};
 use rand::Rng;
 use rand::distr::Distribution;
 use rand::distr::weighted::WeightedIndex;
@@ -73,8 +74,14 @@ impl Gaussian {
         &self.std
     }
 
-    /// `n` samples, shape `[n, d]`, from host randomness.
-    pub fn sample<R: Rng + ?Sized>(&self, n: usize, device: &Device, rng: &mut R) -> Tensor<2> {
+    /// `n` samples, shape `[n, d]`, from host randomness, on the device and in the float type
+    /// of `options` (`&device`, or `(&device, dtype)` for a run in `dtype`).
+    pub fn sample<R: Rng + ?Sized>(
+        &self,
+        n: usize,
+        options: impl Into<TensorCreationOptions>,
+        rng: &mut R,
+    ) -> Tensor<2> {
         let d = self.dim();
         let mut values = Vec::with_capacity(n * d);
         for _ in 0..n {
@@ -83,13 +90,13 @@ impl Gaussian {
                 values.push(m + s * z);
             }
         }
-        Tensor::from_data(TensorData::new(values, [n, d]), device)
+        Tensor::from_data(TensorData::new(values, [n, d]), options)
     }
 
     /// The exact log-density of the clean distribution, per batch element of `x` (`[B, ...]`,
     /// `d` elements per sample).
     pub fn log_prob<const D: usize>(&self, x: Tensor<D>) -> Tensor<1> {
-        let level = NoiseLevel::clean(x.dims()[0], &x.device());
+        let level = NoiseLevel::clean(x.dims()[0], (&x.device(), x.dtype()));
         self.log_prob_at(x, &level)
     }
 
@@ -225,11 +232,11 @@ impl GaussianMixture {
     }
 
     /// `n` samples, shape `[n, d]`, from host randomness, together with the index of the
-    /// component each came from.
+    /// component each came from; `options` as in [`sample`](Self::sample).
     pub fn sample_with_components<R: Rng + ?Sized>(
         &self,
         n: usize,
-        device: &Device,
+        options: impl Into<TensorCreationOptions>,
         rng: &mut R,
     ) -> (Tensor<2>, Vec<usize>) {
         let d = self.dim();
@@ -244,17 +251,23 @@ impl GaussianMixture {
                 values.push(m + self.stds[k] * z);
             }
         }
-        (Tensor::from_data(TensorData::new(values, [n, d]), device), components)
+        (Tensor::from_data(TensorData::new(values, [n, d]), options), components)
     }
 
-    /// `n` samples, shape `[n, d]`, from host randomness.
-    pub fn sample<R: Rng + ?Sized>(&self, n: usize, device: &Device, rng: &mut R) -> Tensor<2> {
-        self.sample_with_components(n, device, rng).0
+    /// `n` samples, shape `[n, d]`, from host randomness, on the device and in the float type
+    /// of `options` (`&device`, or `(&device, dtype)` for a run in `dtype`).
+    pub fn sample<R: Rng + ?Sized>(
+        &self,
+        n: usize,
+        options: impl Into<TensorCreationOptions>,
+        rng: &mut R,
+    ) -> Tensor<2> {
+        self.sample_with_components(n, options, rng).0
     }
 
     /// The exact log-density of the clean mixture per batch element of `x` (`[B, ...]`).
     pub fn log_prob<const D: usize>(&self, x: Tensor<D>) -> Tensor<1> {
-        let level = NoiseLevel::clean(x.dims()[0], &x.device());
+        let level = NoiseLevel::clean(x.dims()[0], (&x.device(), x.dtype()));
         self.log_prob_at(x, &level)
     }
 

@@ -14,10 +14,10 @@
 //! [`score_and_trace`] gives `s(x)` and `tr J_s(x)` for a batch from a single
 //! [`ScoreJvp::score_jvp_many`] call with the `d` basis vectors `eᵢ` as tangents of every sample.
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::error::{Error, Result, ensure_positive};
-use crate::score::{NoiseLevel, ScoreJvp, ScoreModel};
+use crate::score::{NoiseLevel, ScoreJvp, ScoreModel, check_output};
 
 /// A suggested [`FiniteDifference`] step for f32 models, `h = 1e-3`: rounding contributes `≈ 6e-8/1e-3 ≈ 6e-5` relative error
 /// and truncation `(h/ℓ)²/6 ≈ 2e-7` at `ℓ = 1`, staying below the rounding term down to
@@ -87,6 +87,10 @@ impl<const D: usize, M: ScoreModel<D>> ScoreModel<D> for FiniteDifference<M> {
     fn sample_shape(&self) -> Option<Vec<usize>> {
         self.model.sample_shape()
     }
+
+    fn float_dtype(&self) -> Option<DType> {
+        self.model.float_dtype()
+    }
 }
 
 impl<const D: usize, M: ScoreModel<D>> ScoreJvp<D> for FiniteDifference<M> {
@@ -142,7 +146,9 @@ impl<const D: usize, M: ScoreModel<D>> ScoreJvp<D> for FiniteDifference<M> {
 /// loop of `d` calls. The cost is that of a forward-mode pass over `B·d` tangents; the trace
 /// has shape `[B]`.
 ///
-/// Errors with [`Error::ShapeMismatch`] if `level` does not hold one level per sample.
+/// Errors with [`Error::ShapeMismatch`] if `level` does not hold one level per sample, and
+/// with [`Error::ShapeMismatch`] or [`Error::DTypeMismatch`] if the model's score or JVPs
+/// differ from their inputs (`x`, the tangents) in shape or dtype.
 pub fn score_and_trace<const D: usize, M: ScoreJvp<D> + ?Sized>(
     model: &M,
     x: Tensor<D>,
@@ -164,7 +170,9 @@ pub fn score_and_trace<const D: usize, M: ScoreJvp<D> + ?Sized>(
     let mut tangents = dims;
     tangents[0] = d * b;
     let basis = eye.clone().repeat_dim(1, b).reshape(tangents);
-    let (score, jvp) = model.score_jvp_many(x, level, basis);
+    let (score, jvp) = model.score_jvp_many(x.clone(), level, basis.clone());
+    check_output("score_and_trace (score)", &score, &x)?;
+    check_output("score_and_trace (J·eᵢ)", &jvp, &basis)?;
     // Row i·B + b of `jvp` is J eᵢ for sample b: keep its i-th entry and sum over i.
     let trace = jvp.reshape([d, b, d]).mul(eye).sum_dim(2).sum_dim(0).reshape([b]);
     Ok((score, trace))

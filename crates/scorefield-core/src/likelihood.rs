@@ -110,6 +110,10 @@ impl<const D: usize, M: ScoreModel<D>> ScoreModel<D> for Vjp<M> {
     fn sample_shape(&self) -> Option<Vec<usize>> {
         self.0.sample_shape()
     }
+
+    fn float_dtype(&self) -> Option<burn::tensor::DType> {
+        self.0.float_dtype()
+    }
 }
 
 impl<const D: usize, M: ScoreModel<D>> JacobianProbe<D> for Vjp<M> {
@@ -237,7 +241,7 @@ where
     let device = x.device();
     let rhs = |at: Stage, y: Tensor<2>| -> Result<Tensor<2>> {
         let x = y.narrow(1, 0, n).reshape(shape);
-        let level = NoiseLevel::constant(schedule, at.t, b, &device);
+        let level = NoiseLevel::constant(schedule, at.t, b, (&device, x.dtype()));
         let (score, quad) = model.score_and_quadratic_forms(x.clone(), &level, probes.clone())?;
         check_output("score model output", &score, &x)?;
         if quad.dims() != [k * b] {
@@ -303,11 +307,12 @@ fn probes<const D: usize>(
             }
             let mut tiled = shape;
             tiled[0] = probes * b;
+            let run = (&device, x.dtype());
             let v = match probe {
-                Probe::Gaussian => standard_normal(tiled, &device, rng),
-                Probe::Rademacher => rademacher(tiled, &device, rng),
+                Probe::Gaussian => standard_normal(tiled, run, rng),
+                Probe::Rademacher => rademacher(tiled, run, rng),
             };
-            Ok((v.cast(x.dtype()), 1.0 / probes as f64))
+            Ok((v, 1.0 / probes as f64))
         }
     }
 }

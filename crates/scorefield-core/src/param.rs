@@ -43,6 +43,11 @@ pub trait Network<const D: usize> {
     fn sample_shape(&self) -> Option<Vec<usize>> {
         None
     }
+
+    /// The float type of the network's parameters, if fixed (as [`ScoreModel::float_dtype`]).
+    fn float_dtype(&self) -> Option<DType> {
+        None
+    }
 }
 
 /// A [`Network`] with its exact Jacobian-vector product `J_F(x)·v` (networks of dual layers):
@@ -114,6 +119,10 @@ impl<const D: usize, N: Network<D>> Network<D> for SigmaTilde<N> {
 
     fn sample_shape(&self) -> Option<Vec<usize>> {
         self.net.sample_shape()
+    }
+
+    fn float_dtype(&self) -> Option<DType> {
+        self.net.float_dtype()
     }
 }
 
@@ -212,6 +221,10 @@ impl<const D: usize, N: Network<D>> ScoreModel<D> for ScorePrediction<N> {
     fn sample_shape(&self) -> Option<Vec<usize>> {
         self.net.sample_shape()
     }
+
+    fn float_dtype(&self) -> Option<DType> {
+        self.net.float_dtype()
+    }
 }
 
 impl<const D: usize, N: Network<D>> ScoreModel<D> for EpsilonPrediction<N> {
@@ -223,6 +236,10 @@ impl<const D: usize, N: Network<D>> ScoreModel<D> for EpsilonPrediction<N> {
 
     fn sample_shape(&self) -> Option<Vec<usize>> {
         self.net.sample_shape()
+    }
+
+    fn float_dtype(&self) -> Option<DType> {
+        self.net.float_dtype()
     }
 }
 
@@ -236,6 +253,10 @@ impl<const D: usize, N: Network<D>> ScoreModel<D> for DataPrediction<N> {
 
     fn sample_shape(&self) -> Option<Vec<usize>> {
         self.net.sample_shape()
+    }
+
+    fn float_dtype(&self) -> Option<DType> {
+        self.net.float_dtype()
     }
 }
 
@@ -254,6 +275,10 @@ impl<const D: usize, N: Network<D>> ScoreModel<D> for VPrediction<N> {
     fn sample_shape(&self) -> Option<Vec<usize>> {
         self.net.sample_shape()
     }
+
+    fn float_dtype(&self) -> Option<DType> {
+        self.net.float_dtype()
+    }
 }
 
 impl<const D: usize, N: Network<D>> ScoreModel<D> for Preconditioned<N> {
@@ -265,6 +290,10 @@ impl<const D: usize, N: Network<D>> ScoreModel<D> for Preconditioned<N> {
 
     fn sample_shape(&self) -> Option<Vec<usize>> {
         self.net.sample_shape()
+    }
+
+    fn float_dtype(&self) -> Option<DType> {
+        self.net.float_dtype()
     }
 }
 

@@ -7,7 +7,7 @@
 //! parameterisation adapter can turn an ε- or x₀-prediction into a score without knowing the
 //! schedule.
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorCreationOptions, TensorData};
 
 use crate::error::{Error, Result};
 use crate::schedule::NoiseSchedule;
@@ -16,7 +16,9 @@ use crate::schedule::NoiseSchedule;
 /// `scale`) and standard deviation `σ(t)` of the perturbation `xₜ = m·x₀ + σ·z`.
 ///
 /// All three are rank-1 tensors of the batch length. They are computed on the host in f64
-/// from a [`NoiseSchedule`] and cast to the device's float type once.
+/// from a [`NoiseSchedule`] and cast once to the float type of the run: the constructors take
+/// tensor-creation options, `&device` (the device's default float type) or
+/// `(&device, DType::F64)` for an f64 run, whose levels then keep every bit of the f64 values.
 #[derive(Debug, Clone)]
 pub struct NoiseLevel {
     /// The time `t` of each batch element (for discrete schedules, the step index).
@@ -28,12 +30,14 @@ pub struct NoiseLevel {
 }
 
 impl NoiseLevel {
-    /// The noise levels of a schedule at the given times, one per batch element.
+    /// The noise levels of a schedule at the given times, one per batch element, on the
+    /// device and in the float type of `options` (`&device`, or `(&device, dtype)`).
     pub fn at_times<S: NoiseSchedule + ?Sized>(
         schedule: &S,
         times: &[f64],
-        device: &Device,
+        options: impl Into<TensorCreationOptions>,
     ) -> Self {
+        let options = options.into();
         let n = times.len();
         let mut scale = Vec::with_capacity(n);
         let mut sigma = Vec::with_capacity(n);
@@ -43,30 +47,38 @@ impl NoiseLevel {
             sigma.push(m.std);
         }
         NoiseLevel {
-            t: vector(times, device),
-            scale: vector(&scale, device),
-            sigma: vector(&sigma, device),
+            t: vector(times, options.clone()),
+            scale: vector(&scale, options.clone()),
+            sigma: vector(&sigma, options),
         }
     }
 
-    /// The same noise level, at time `t`, for every element of a batch of `batch` samples.
+    /// The same noise level, at time `t`, for every element of a batch of `batch` samples
+    /// (`options` as in [`at_times`](Self::at_times)).
     pub fn constant<S: NoiseSchedule + ?Sized>(
         schedule: &S,
         t: f64,
         batch: usize,
-        device: &Device,
+        options: impl Into<TensorCreationOptions>,
     ) -> Self {
-        Self::at_times(schedule, &vec![t; batch], device)
+        Self::at_times(schedule, &vec![t; batch], options)
     }
 
     /// The clean level `t = 0`, `m = 1`, `σ = 0` for a batch of `batch` samples: what exact
-    /// and sliced score matching evaluate a model at when it models the data itself.
-    pub fn clean(batch: usize, device: &Device) -> Self {
+    /// and sliced score matching evaluate a model at when it models the data itself
+    /// (`options` as in [`at_times`](Self::at_times)).
+    pub fn clean(batch: usize, options: impl Into<TensorCreationOptions>) -> Self {
+        let options = options.into();
         NoiseLevel {
-            t: Tensor::zeros([batch], device),
-            scale: Tensor::ones([batch], device),
-            sigma: Tensor::zeros([batch], device),
+            t: Tensor::zeros([batch], options.clone()),
+            scale: Tensor::ones([batch], options.clone()),
+            sigma: Tensor::zeros([batch], options),
         }
+    }
+
+    /// The float type of the levels.
+    pub fn dtype(&self) -> DType {
+        self.sigma.dtype()
     }
 
     /// The batch length.
@@ -95,10 +107,10 @@ impl NoiseLevel {
     }
 }
 
-/// Builds a rank-1 tensor from f64 values, cast once to the device's default float type.
-pub(crate) fn vector(values: &[f64], device: &Device) -> Tensor<1> {
-    let data: Vec<f32> = values.iter().map(|&v| v as f32).collect();
-    Tensor::from_data(TensorData::new(data, [values.len()]), device)
+/// Builds a rank-1 tensor from f64 values, converted once to the float type of `options`
+/// (the device's default when it names none): an f64 run keeps the f64 values exactly.
+pub(crate) fn vector(values: &[f64], options: impl Into<TensorCreationOptions>) -> Tensor<1> {
+    Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), options)
 }
 
 /// A score model: an estimate of `∇ₓ log pₜ(x)` for a batch `x` of shape `[B, ...]`, at the
@@ -115,6 +127,16 @@ pub trait ScoreModel<const D: usize> {
     /// [`Error::ShapeMismatch`] instead of letting the model panic. `None` (the default)
     /// skips the check.
     fn sample_shape(&self) -> Option<Vec<usize>> {
+        None
+    }
+
+    /// The float type this model computes in, if it is fixed (a network: the dtype of its
+    /// parameters). Objectives check their data batch against it and return
+    /// [`Error::DTypeMismatch`] instead of letting the backend panic (an f64 batch reaching an
+    /// f32 matrix product). `None` (the default) skips the check: the model follows its
+    /// input's dtype, as the analytic oracles do, or does not say; its output is still
+    /// checked against its input.
+    fn float_dtype(&self) -> Option<DType> {
         None
     }
 }
@@ -161,6 +183,10 @@ impl<const D: usize, M: ScoreModel<D> + ?Sized> ScoreModel<D> for &M {
     fn sample_shape(&self) -> Option<Vec<usize>> {
         (**self).sample_shape()
     }
+
+    fn float_dtype(&self) -> Option<DType> {
+        (**self).float_dtype()
+    }
 }
 
 /// Blanket implementation: a reference to a [`ScoreJvp`] model is one.
@@ -189,6 +215,11 @@ pub trait EpsilonModel<const D: usize> {
     fn sample_shape(&self) -> Option<Vec<usize>> {
         None
     }
+
+    /// As [`ScoreModel::float_dtype`].
+    fn float_dtype(&self) -> Option<DType> {
+        None
+    }
 }
 
 /// An [`EpsilonModel`] with an exact Jacobian-vector product `(ε̂, J_ε̂·v)`.
@@ -206,6 +237,11 @@ pub trait DenoiserModel<const D: usize> {
 
     /// As [`ScoreModel::sample_shape`].
     fn sample_shape(&self) -> Option<Vec<usize>> {
+        None
+    }
+
+    /// As [`ScoreModel::float_dtype`].
+    fn float_dtype(&self) -> Option<DType> {
         None
     }
 }
@@ -230,6 +266,10 @@ impl<const D: usize, M: EpsilonModel<D>> ScoreModel<D> for FromEpsilon<M> {
 
     fn sample_shape(&self) -> Option<Vec<usize>> {
         self.0.sample_shape()
+    }
+
+    fn float_dtype(&self) -> Option<DType> {
+        self.0.float_dtype()
     }
 }
 
@@ -256,6 +296,10 @@ impl<const D: usize, M: DenoiserModel<D>> ScoreModel<D> for FromDenoiser<M> {
 
     fn sample_shape(&self) -> Option<Vec<usize>> {
         self.0.sample_shape()
+    }
+
+    fn float_dtype(&self) -> Option<DType> {
+        self.0.float_dtype()
     }
 }
 
@@ -306,6 +350,24 @@ pub fn check_batch<const D: usize>(
     Ok(())
 }
 
+/// Checks that a batch `x` is in the float type `expected` that a model computes in, when the
+/// model says ([`ScoreModel::float_dtype`]), before the model runs: [`Error::DTypeMismatch`]
+/// naming both otherwise. `None` passes.
+pub fn check_dtype<const D: usize>(
+    context: &'static str,
+    x: &Tensor<D>,
+    expected: Option<DType>,
+) -> Result<()> {
+    match expected {
+        Some(dtype) if x.dtype() != dtype => Err(Error::DTypeMismatch {
+            context,
+            expected: format!("{dtype:?} (the model's float type)"),
+            got: format!("{:?}", x.dtype()),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Checks that a model's output `out` has the shape and dtype of its input `x`
 /// ([`Error::ShapeMismatch`], [`Error::DTypeMismatch`], both naming the two sides).
 pub fn check_output<const D: usize>(
@@ -352,6 +414,55 @@ mod tests {
         let short = NoiseLevel::constant(&vp, 0.5, 3, &device);
         let err = check_batch("test", &x, Some(&[3]), &short).unwrap_err();
         assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+    }
+
+    /// Levels carry the float type of the run: in f64 the marginal of the VP SDE to f64
+    /// precision (by hand: `m = exp(−¼t²(β₁ − β₀) − ½tβ₀)`, `σ = √(1 − m²)`), not its f32
+    /// rounding; in the device's default type (f32) that rounding; the clean level likewise.
+    #[test]
+    fn noise_levels_carry_the_float_type_of_the_run() {
+        let device = crate::device("flex").unwrap();
+        let vp = VpSde::new(0.1, 20.0).unwrap();
+        let times = [0.3, 0.7, 1.0 / 3.0];
+        let by_hand = |t: f64| {
+            let m = (-0.25 * t * t * (20.0 - 0.1) - 0.5 * t * 0.1).exp();
+            (m, (1.0 - m * m).sqrt())
+        };
+        let host = |x: &Tensor<1>| x.clone().try_into_vec_as::<f64>().unwrap();
+        let wide = NoiseLevel::at_times(&vp, &times, (&device, DType::F64));
+        assert_eq!(
+            (wide.dtype(), wide.t.dtype(), wide.scale.dtype()),
+            (DType::F64, DType::F64, DType::F64)
+        );
+        assert_eq!(host(&wide.t), times, "t exactly, 1/3 included");
+        for (i, &t) in times.iter().enumerate() {
+            let (m, sigma) = by_hand(t);
+            assert!((host(&wide.scale)[i] - m).abs() < 1e-14 * m, "{t}");
+            assert!((host(&wide.sigma)[i] - sigma).abs() < 1e-14 * sigma, "{t}");
+        }
+        let narrow = NoiseLevel::constant(&vp, times[2], 2, &device);
+        assert_eq!(narrow.dtype(), DType::F32);
+        assert_eq!(host(&narrow.t)[1], f64::from(times[2] as f32));
+        let constant = NoiseLevel::constant(&vp, times[2], 2, (&device, DType::F64));
+        assert_eq!(host(&constant.sigma), vec![host(&wide.sigma)[2]; 2]);
+        let clean = NoiseLevel::clean(3, (&device, DType::F64));
+        assert_eq!(
+            (clean.t.dtype(), clean.scale.dtype(), clean.sigma.dtype()),
+            (DType::F64, DType::F64, DType::F64)
+        );
+        assert_eq!((host(&clean.scale), host(&clean.sigma)), (vec![1.0; 3], vec![0.0; 3]));
+        assert_eq!(NoiseLevel::clean(3, &device).dtype(), DType::F32);
+    }
+
+    #[test]
+    fn check_dtype_compares_the_batch_with_the_model_float_type() {
+        let device = crate::device("flex").unwrap();
+        let x = Tensor::<2>::zeros([2, 3], (&device, DType::F64));
+        assert!(check_dtype("test", &x, None).is_ok());
+        assert!(check_dtype("test", &x, Some(DType::F64)).is_ok());
+        let err = check_dtype("test", &x, Some(DType::F32)).unwrap_err();
+        assert!(matches!(err, Error::DTypeMismatch { context: "test", .. }), "{err}");
+        assert!(err.to_string().contains("F32") && err.to_string().contains("F64"), "{err}");
     }
 
     #[test]

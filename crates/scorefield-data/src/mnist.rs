@@ -87,6 +87,14 @@ pub enum MnistError {
         /// One line per mirror tried: the URL and why it failed.
         attempts: Vec<String>,
     },
+    /// An index past the last image (in [`Mnist::images`], [`Mnist::batch`]).
+    #[error("MNIST index {index} is out of range: the split has {len} images")]
+    IndexOutOfRange {
+        /// The first offending index.
+        index: usize,
+        /// The number of images.
+        len: usize,
+    },
 }
 
 /// Which split a directory holds.
@@ -221,19 +229,40 @@ impl Mnist {
     }
 
     /// Images `indices` as an NCHW tensor `[n, 1, 28, 28]` in [0, 1] (`pixel / 255`).
-    pub fn images(&self, indices: &[usize], device: &Device) -> Tensor<4> {
+    ///
+    /// Errors with [`MnistError::IndexOutOfRange`] (naming the first bad index) if an index
+    /// is `≥ self.len()`.
+    pub fn images(&self, indices: &[usize], device: &Device) -> Result<Tensor<4>, MnistError> {
         self.tensor(indices, device, |p| p as f32 / 255.0)
     }
 
     /// Images `indices` dequantised as in the NCSN code: `x·255/256 + u/256` with
     /// `x = pixel/255` and `u ~ U(0, 1)` drawn from `rng`, shape `[n, 1, 28, 28]`.
+    ///
+    /// Errors as [`images`](Self::images); nothing is drawn from `rng` then.
     pub fn batch<R: Rng + ?Sized>(
         &self,
         indices: &[usize],
         device: &Device,
         rng: &mut R,
-    ) -> Tensor<4> {
+    ) -> Result<Tensor<4>, MnistError> {
         self.tensor(indices, device, |p| (p as f32 + rng.random::<f32>()) / 256.0)
+    }
+
+    /// The label of each of `indices`, in order. Errors as [`images`](Self::images).
+    pub fn labels_of(&self, indices: &[usize]) -> Result<Vec<u8>, MnistError> {
+        self.check(indices)?;
+        Ok(indices.iter().map(|&i| self.labels[i]).collect())
+    }
+
+    /// [`MnistError::IndexOutOfRange`] for the first index `≥ self.len()` (or past the last
+    /// whole image in `self.images`, should the public fields have been made to disagree).
+    fn check(&self, indices: &[usize]) -> Result<(), MnistError> {
+        let len = self.len().min(self.images.len() / (SIDE * SIDE));
+        match indices.iter().find(|&&i| i >= len) {
+            Some(&index) => Err(MnistError::IndexOutOfRange { index, len }),
+            None => Ok(()),
+        }
     }
 
     fn tensor(
@@ -241,13 +270,14 @@ impl Mnist {
         indices: &[usize],
         device: &Device,
         mut f: impl FnMut(u8) -> f32,
-    ) -> Tensor<4> {
+    ) -> Result<Tensor<4>, MnistError> {
+        self.check(indices)?;
         let px = SIDE * SIDE;
         let mut values = Vec::with_capacity(indices.len() * px);
         for &i in indices {
             values.extend(self.images[i * px..(i + 1) * px].iter().map(|&p| f(p)));
         }
-        Tensor::from_data(TensorData::new(values, [indices.len(), 1, SIDE, SIDE]), device)
+        Ok(Tensor::from_data(TensorData::new(values, [indices.len(), 1, SIDE, SIDE]), device))
     }
 }
 
@@ -379,12 +409,31 @@ fn fetch(
     Err(MnistError::Download { file: file.into(), dir: dir.into(), attempts })
 }
 
-/// The official test split beside the repository (`../shared/data/mnist`), if that directory
-/// is there: the tests that need real digits run on it and are skipped without it.
+/// The directory of the official test split (`t10k-*.gz`) for the tests that need real
+/// digits: `../shared/data/mnist` beside the repository, else `$SCOREFIELD_MNIST_DIR`.
+///
+/// Without the files it panics, saying where to put them: such a test fails, it never passes
+/// by skipping. (Their names start with `real_mnist`, so `cargo test -- --skip real_mnist`
+/// deselects them explicitly, and the test report says so.)
 #[cfg(test)]
-pub(crate) fn shared_test_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mnist");
-    dir.is_dir().then_some(dir)
+pub(crate) fn real_test_split_dir() -> PathBuf {
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mnist");
+    let has_split = |dir: &Path| Split::Test.files().iter().all(|f| dir.join(f).is_file());
+    let candidates = std::iter::once(shared.clone())
+        .chain(std::env::var_os(ENV_VAR).map(PathBuf::from))
+        .collect::<Vec<_>>();
+    match candidates.iter().find(|dir| has_split(dir)) {
+        Some(dir) => dir.clone(),
+        None => panic!(
+            "this test needs the official MNIST test split ({} and {}), found in none of {:?}: \
+             copy the two files into {} or point {ENV_VAR} at a directory holding them \
+             (or deselect these tests with `cargo test -- --skip real_mnist`)",
+            Split::Test.files()[0],
+            Split::Test.files()[1],
+            candidates,
+            shared.display()
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -420,12 +469,12 @@ mod tests {
         let m = Mnist::load(&dir).unwrap();
         assert_eq!((m.split, m.len()), (Split::Test, 3));
         let device = scorefield_core::device("flex").unwrap();
-        let x = m.images(&[1], &device);
+        let x = m.images(&[1], &device).unwrap();
         assert_eq!(x.dims(), [1, 1, 28, 28]);
         let v = x.try_into_vec_as::<f32>().unwrap();
         assert_eq!(v[0], (784 % 256) as f32 / 255.0);
         let mut rng = rand::rng();
-        let d = m.batch(&[0, 2], &device, &mut rng).try_into_vec_as::<f32>().unwrap();
+        let d = m.batch(&[0, 2], &device, &mut rng).unwrap().try_into_vec_as::<f32>().unwrap();
         for (k, &y) in d.iter().enumerate() {
             let p = m.images[(if k < 784 { 0 } else { 2 * 784 - 784 }) + k] as f32;
             assert!(y >= p / 256.0 && y < (p + 1.0) / 256.0, "{y} not in the bin of {p}");
@@ -446,14 +495,40 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
-    /// The official test split shipped beside the repository (`../shared/data/mnist`), when
-    /// present: 10,000 digits with roughly balanced labels.
+    /// An index past the end is a typed error naming it and the length, from every lookup
+    /// (images, dequantised batches, labels), even after valid ones in the same call; the
+    /// last valid index still works.
     #[test]
-    fn reads_the_official_test_split_when_present() {
-        let Some(dir) = shared_test_dir() else {
-            eprintln!("skipped: ../shared/data/mnist not present");
-            return;
+    fn an_index_past_the_end_is_a_typed_error() {
+        let dir = temp_dir("index");
+        write_split(&dir, "t10k", 3, vec![3]);
+        let m = Mnist::load(&dir).unwrap();
+        let device = scorefield_core::device("flex").unwrap();
+        let out_of_range = |r: Result<_, MnistError>| match r {
+            Err(MnistError::IndexOutOfRange { index, len }) => (index, len),
+            Err(e) => panic!("another error: {e}"),
+            Ok(_) => panic!("an out-of-range index was accepted"),
         };
+        assert_eq!(out_of_range(m.images(&[0, 3], &device).map(drop)), (3, 3));
+        assert_eq!(out_of_range(m.images(&[usize::MAX], &device).map(drop)), (usize::MAX, 3));
+        let mut rng = rand::rng();
+        assert_eq!(out_of_range(m.batch(&[2, 1, 7], &device, &mut rng).map(drop)), (7, 3));
+        assert_eq!(out_of_range(m.labels_of(&[1, 4]).map(drop)), (4, 3));
+        let err = m.images(&[5], &device).unwrap_err().to_string();
+        assert!(err.contains("index 5") && err.contains("3 images"), "{err}");
+        assert_eq!(m.images(&[2], &device).unwrap().dims(), [1, 1, 28, 28]);
+        assert_eq!(m.labels_of(&[2, 0]).unwrap(), [2, 0]);
+        assert_eq!(m.images(&[], &device).unwrap().dims(), [0, 1, 28, 28]);
+        // Public fields made to disagree (labels for 3 images, pixels for 2): still no panic.
+        let short = Mnist { images: m.images[..2 * 784].to_vec(), ..m.clone() };
+        assert_eq!(out_of_range(short.images(&[2], &device).map(drop)), (2, 2));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The official test split: 10,000 digits with the published label counts.
+    #[test]
+    fn real_mnist_test_split_has_the_published_label_counts() {
+        let dir = real_test_split_dir();
         let m = Mnist::load(&dir).unwrap();
         assert_eq!((m.split, m.len(), m.images.len()), (Split::Test, 10_000, 10_000 * 784));
         let mut counts = [0usize; 10];
@@ -513,10 +588,10 @@ mod tests {
         DownloadOptions { mirrors: mirrors.to_vec(), connect_timeout: short, read_timeout: short }
     }
 
-    /// RFC 1321's test vectors, and the published checksums against the shipped test split.
+    /// RFC 1321's test vectors; a checksum error names the file and both digests.
     #[cfg(feature = "download")]
     #[test]
-    fn md5_verification_accepts_the_published_bytes_and_rejects_any_other() {
+    fn md5_verification_accepts_the_expected_bytes_and_rejects_any_other() {
         assert_eq!(md5_hex(b""), "d41d8cd98f00b204e9800998ecf8427e");
         assert_eq!(md5_hex(b"abc"), "900150983cd24fb0d6963f7d28e17f72");
         assert!(verify("x", "d41d8cd98f00b204e9800998ecf8427e", b"").is_ok());
@@ -534,10 +609,13 @@ mod tests {
         assert!(err.to_string().contains("corrupt"), "{err}");
         assert_eq!(checksum("train-images-idx3-ubyte.gz"), Some(CHECKSUMS[0].1));
         assert_eq!(checksum("README.md"), None);
-        let Some(dir) = shared_test_dir() else {
-            eprintln!("skipped the official files: ../shared/data/mnist not present");
-            return;
-        };
+    }
+
+    /// The published checksums against the official test split; one flipped bit is refused.
+    #[cfg(feature = "download")]
+    #[test]
+    fn real_mnist_official_files_match_their_published_md5() {
+        let dir = real_test_split_dir();
         for file in Split::Test.files() {
             let mut bytes = std::fs::read(dir.join(file)).unwrap();
             verify(file, checksum(file).unwrap(), &bytes).unwrap();
@@ -578,11 +656,10 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
-    /// A mirror that serves the wrong bytes is refused (checksum) and the next one is used;
-    /// files already present and intact are not fetched again.
+    /// A mirror that serves the wrong bytes is refused (checksum) and nothing is written.
     #[cfg(feature = "download")]
     #[test]
-    fn a_mirror_with_wrong_bytes_is_refused_and_the_next_one_used() {
+    fn a_mirror_with_wrong_bytes_is_refused() {
         let dir = temp_dir("download");
         let [images, labels] = Split::Test.files();
         let garbage = vec![("bad", images, b"<html>".to_vec()), ("bad", labels, b"oops".to_vec())];
@@ -592,11 +669,18 @@ mod tests {
         assert!(matches!(&err, MnistError::Download { .. }), "{err}");
         assert!(err.to_string().contains("MD5"), "{err}");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing unverified written");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
-        let Some(shared) = shared_test_dir() else {
-            eprintln!("skipped the successful download: ../shared/data/mnist not present");
-            return std::fs::remove_dir_all(dir).unwrap();
-        };
+    /// Past a missing file and a mirror with the wrong bytes, the next mirror's official files
+    /// are used; files already present and intact are not fetched again.
+    #[cfg(feature = "download")]
+    #[test]
+    fn real_mnist_download_uses_the_next_good_mirror_and_keeps_intact_files() {
+        let shared = real_test_split_dir();
+        let dir = temp_dir("download-real");
+        let [images, labels] = Split::Test.files();
+        let garbage = vec![("bad", images, b"<html>".to_vec()), ("bad", labels, b"oops".to_vec())];
         let read = |f: &str| std::fs::read(shared.join(f)).unwrap();
         let mut files = garbage;
         files.extend([("good", images, read(images)), ("good", labels, read(labels))]);

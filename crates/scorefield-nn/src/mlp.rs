@@ -15,7 +15,7 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::{silu, softplus};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 use scorefield_core::param::{Network, NetworkJvp};
 use scorefield_core::{NoiseLevel, ScoreJvp, ScoreModel};
 
@@ -239,6 +239,11 @@ impl ScoreModel<2> for ScoreMlp {
     fn sample_shape(&self) -> Option<Vec<usize>> {
         Some(vec![self.dim()])
     }
+
+    /// The dtype of the parameters (a batch in another float type is refused).
+    fn float_dtype(&self) -> Option<DType> {
+        Some(self.output.weight.val().dtype())
+    }
 }
 
 /// The output layer's value without the `1/σ` of `scale_by_sigma`, for the
@@ -250,6 +255,11 @@ impl Network<2> for ScoreMlp {
 
     fn sample_shape(&self) -> Option<Vec<usize>> {
         Some(vec![self.dim()])
+    }
+
+    /// The dtype of the parameters (a batch in another float type is refused).
+    fn float_dtype(&self) -> Option<DType> {
+        Some(self.output.weight.val().dtype())
     }
 }
 

@@ -20,7 +20,7 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::silu;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 use scorefield_core::param::{Network, NetworkJvp};
 use scorefield_core::{NoiseLevel, ScoreJvp, ScoreModel};
 
@@ -227,6 +227,11 @@ impl Network<4> for NcsnUnet {
     fn sample_shape(&self) -> Option<Vec<usize>> {
         Some(vec![self.channels, 28, 28])
     }
+
+    /// The dtype of the parameters (a batch in another float type is refused).
+    fn float_dtype(&self) -> Option<DType> {
+        Some(self.conv_in.weight.val().dtype())
+    }
 }
 
 impl ScoreModel<4> for NcsnUnet {
@@ -237,6 +242,11 @@ impl ScoreModel<4> for NcsnUnet {
 
     fn sample_shape(&self) -> Option<Vec<usize>> {
         Some(vec![self.channels, 28, 28])
+    }
+
+    /// The dtype of the parameters (a batch in another float type is refused).
+    fn float_dtype(&self) -> Option<DType> {
+        Some(self.conv_in.weight.val().dtype())
     }
 }
 

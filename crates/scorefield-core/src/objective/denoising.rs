@@ -68,7 +68,7 @@ use super::{LossOutput, Objective};
 use crate::error::{Error, Result, ensure_finite, ensure_positive};
 use crate::random::standard_normal;
 use crate::schedule::NoiseSchedule;
-use crate::score::{NoiseLevel, ScoreModel, check_batch, vector};
+use crate::score::{NoiseLevel, ScoreModel, check_batch, check_dtype, check_output, vector};
 
 /// The weight `λ(t)` of each noise level in the denoising loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,27 +302,29 @@ impl DenoisingScoreMatching {
 
 impl<M: ScoreModel<D>, const D: usize> Objective<M, D> for DenoisingScoreMatching {
     /// Per sample `½ c·‖σ·s_θ(m·x₀ + σ·z, t) + z‖²`, `c = λ/σ²` (or the importance-sampled
-    /// coefficient); [`LossOutput::level`] holds each sample's level. Errors with
-    /// [`Error::NonFinite`] on non-finite data and [`Error::ShapeMismatch`] if `x0` does not
-    /// fit the model.
+    /// coefficient); [`LossOutput::level`] holds each sample's level, in the dtype of `x0`.
+    /// Errors with [`Error::NonFinite`] on non-finite data, [`Error::ShapeMismatch`] if `x0`
+    /// does not fit the model or the model's output has another shape than its input, and
+    /// [`Error::DTypeMismatch`] if `x0` is not in the model's
+    /// [`float_dtype`](ScoreModel::float_dtype) or the output has another dtype.
     fn loss(&self, model: &M, x0: Tensor<D>, rng: &mut dyn RngCore) -> Result<LossOutput> {
         const CONTEXT: &str = "DenoisingScoreMatching";
         check_data(CONTEXT, &x0)?;
-        let (dims, device) = (x0.dims(), x0.device());
+        check_dtype(CONTEXT, &x0, model.float_dtype())?;
+        let (dims, run) = (x0.dims(), (&x0.device(), x0.dtype()));
         let drawn = self.draw(dims[0], rng)?;
         let column = |f: fn(&(Level, f64)) -> f64| drawn.iter().map(f).collect::<Vec<f64>>();
         let (t, scale, std, coef) =
             (column(|l| l.0.t), column(|l| l.0.scale), column(|l| l.0.std), column(|l| l.1));
-        let level = NoiseLevel {
-            t: vector(&t, &device),
-            scale: vector(&scale, &device),
-            sigma: vector(&std, &device),
-        };
+        let level =
+            NoiseLevel { t: vector(&t, run), scale: vector(&scale, run), sigma: vector(&std, run) };
         check_batch(CONTEXT, &x0, model.sample_shape().as_deref(), &level)?;
-        let z = standard_normal(dims, &device, rng).cast(x0.dtype());
+        let z = standard_normal(dims, run, rng);
         let std = host_column(&std, &x0);
         let x = x0.clone().mul(host_column(&scale, &x0)).add(z.clone().mul(std.clone()));
-        let residual = model.score(x, &level).mul(std).add(z);
+        let score = model.score(x.clone(), &level);
+        check_output(CONTEXT, &score, &x)?;
+        let residual = score.mul(std).add(z);
         let coef = host_column(&coef, &x0).reshape([dims[0]]);
         let per_sample = squared_norm(residual).mul(coef).mul_scalar(0.5);
         Ok(LossOutput { loss: per_sample.clone().mean(), per_sample, level: Some(level) })

@@ -24,7 +24,7 @@ use super::{LossOutput, Objective};
 use crate::error::{Error, Result};
 use crate::random::standard_normal;
 use crate::schedule::Ddpm;
-use crate::score::{NoiseLevel, ScoreModel, check_batch, per_sample};
+use crate::score::{NoiseLevel, ScoreModel, check_batch, check_dtype, check_output, per_sample};
 
 /// Half the width of a decoder bin: the 256 values `−1 + 2k/255` sit in bins `x ± 1/255`.
 const HALF_BIN: f64 = 1.0 / 255.0;
@@ -234,19 +234,22 @@ impl EpsilonElbo {
         for &t in steps {
             self.check_step(t)?;
         }
-        let device = x0.device();
+        check_dtype(CONTEXT, &x0, model.float_dtype())?;
+        let run = (&x0.device(), x0.dtype());
         let times: Vec<f64> = steps.iter().map(|&t| t as f64).collect();
-        let level = NoiseLevel::at_times(&self.ddpm, &times, &device);
+        let level = NoiseLevel::at_times(&self.ddpm, &times, run);
         check_batch(CONTEXT, &x0, model.sample_shape().as_deref(), &level)?;
         let scale: Vec<f64> = steps.iter().map(|&t| self.ddpm.alpha_bar(t).sqrt()).collect();
         let std: Vec<f64> =
             steps.iter().map(|&t| self.ddpm.one_minus_alpha_bar(t).sqrt()).collect();
-        let eps = standard_normal(x0.dims(), &device, rng).cast(x0.dtype());
+        let eps = standard_normal(x0.dims(), run, rng);
         let std = host_column(&std, &x0);
         let xt = x0.clone().mul(host_column(&scale, &x0)).add(eps.clone().mul(std.clone()));
         // ε_θ = −σ·s with the σ the model saw, so that `FromEpsilon(net)` returns `net`'s own ε.
         let sigma = per_sample(&level.sigma, &xt);
-        let eps_hat = model.score(xt.clone(), &level).mul(sigma).neg();
+        let score = model.score(xt.clone(), &level);
+        check_output(CONTEXT, &score, &xt)?;
+        let eps_hat = score.mul(sigma).neg();
         Ok(Forward { x0, xt, eps, eps_hat })
     }
 
@@ -274,15 +277,17 @@ struct Forward<const D: usize> {
 impl<M: ScoreModel<D>, const D: usize> Objective<M, D> for EpsilonElbo {
     /// [`ElboLoss::Simple`]: per sample `‖ε − ε_θ‖²/d`; [`ElboLoss::Bound`]: per sample
     /// `L_T + T·L_{t−1}` in bits/dim; `t ~ U{1..T}` per sample from `rng`. Errors with
-    /// [`Error::NonFinite`] on non-finite data and [`Error::ShapeMismatch`] if `x0` does not
-    /// fit the model.
+    /// [`Error::NonFinite`] on non-finite data, [`Error::ShapeMismatch`] if `x0` does not fit
+    /// the model or the model's output has another shape than its input, and
+    /// [`Error::DTypeMismatch`] if `x0` is not in the model's
+    /// [`float_dtype`](ScoreModel::float_dtype) or the output has another dtype.
     fn loss(&self, model: &M, x0: Tensor<D>, rng: &mut dyn RngCore) -> Result<LossOutput> {
         let b = x0.dims()[0];
         let steps: Vec<usize> = (0..b).map(|_| rng.random_range(1..=self.ddpm.steps())).collect();
         let level = NoiseLevel::at_times(
             &self.ddpm,
             &steps.iter().map(|&t| t as f64).collect::<Vec<_>>(),
-            &x0.device(),
+            (&x0.device(), x0.dtype()),
         );
         let per_sample = match self.loss {
             ElboLoss::Simple => {

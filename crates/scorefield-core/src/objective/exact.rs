@@ -34,7 +34,7 @@ use crate::error::{Error, Result, ensure_finite};
 use crate::jvp::score_and_trace;
 use crate::random::standard_normal;
 use crate::schedule::NoiseSchedule;
-use crate::score::{NoiseLevel, ScoreJvp, check_batch};
+use crate::score::{NoiseLevel, ScoreJvp, check_batch, check_dtype};
 
 /// Which distribution exact and sliced score matching fit, and the level the model sees.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -69,8 +69,8 @@ impl DataLevel {
     }
 
     /// Validates `x0` (finite), perturbs it if needed and returns `(x, level, reported)`:
-    /// the batch the model sees, its level, and the level to report in [`LossOutput`]
-    /// (`None` when clean).
+    /// the batch the model sees, its level (in the dtype of `x0`), and the level to report in
+    /// [`LossOutput`] (`None` when clean).
     pub(crate) fn prepare<const D: usize>(
         &self,
         context: &'static str,
@@ -79,15 +79,16 @@ impl DataLevel {
     ) -> Result<(Tensor<D>, NoiseLevel, Option<NoiseLevel>)> {
         check_data(context, &x0)?;
         let (b, device) = (x0.dims()[0], x0.device());
+        let run = (&device, x0.dtype());
         match *self {
-            DataLevel::Clean => Ok((x0, NoiseLevel::clean(b, &device), None)),
+            DataLevel::Clean => Ok((x0, NoiseLevel::clean(b, run), None)),
             DataLevel::Perturbed { t, scale, std } => {
                 let level = NoiseLevel {
-                    t: Tensor::full([b], t, &device),
-                    scale: Tensor::full([b], scale, &device),
-                    sigma: Tensor::full([b], std, &device),
+                    t: Tensor::full([b], t, run),
+                    scale: Tensor::full([b], scale, run),
+                    sigma: Tensor::full([b], std, run),
                 };
-                let z = standard_normal(x0.dims(), &device, rng).cast(x0.dtype());
+                let z = standard_normal(x0.dims(), run, rng);
                 let x = x0.mul_scalar(scale).add(z.mul_scalar(std));
                 Ok((x, level.clone(), Some(level)))
             }
@@ -121,9 +122,13 @@ impl ExactScoreMatching {
 
 impl<M: ScoreJvp<D>, const D: usize> Objective<M, D> for ExactScoreMatching {
     /// `J(θ) = mean_b [ tr J_s(x_b) + ½‖s(x_b)‖² ]`. Errors with [`Error::NonFinite`] on
-    /// non-finite data and [`Error::ShapeMismatch`] if `x0` does not fit the model.
+    /// non-finite data, [`Error::ShapeMismatch`] if `x0` does not fit the model or the
+    /// model's outputs (score, JVP) have other shapes than its inputs, and
+    /// [`Error::DTypeMismatch`] if `x0` is not in the model's
+    /// [`float_dtype`](crate::score::ScoreModel::float_dtype) or an output has another dtype.
     fn loss(&self, model: &M, x0: Tensor<D>, rng: &mut dyn RngCore) -> Result<LossOutput> {
         const CONTEXT: &str = "ExactScoreMatching";
+        check_dtype(CONTEXT, &x0, model.float_dtype())?;
         let (x, level, reported) = self.level.prepare(CONTEXT, x0, rng)?;
         check_batch(CONTEXT, &x, model.sample_shape().as_deref(), &level)?;
         let (s, trace) = score_and_trace(model, x, &level)?;

@@ -19,7 +19,7 @@ use super::exact::{DataLevel, check_data};
 use super::{LossOutput, Objective};
 use crate::error::{Error, Result};
 use crate::random::{rademacher, standard_normal};
-use crate::score::{ScoreJvp, check_batch};
+use crate::score::{ScoreJvp, check_batch, check_dtype, check_output};
 
 /// The distribution of the projection vectors `v`; both have `E[v vᵀ] = I`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -100,12 +100,16 @@ impl SlicedScoreMatching {
         rng: &mut dyn RngCore,
     ) -> Result<LossOutput> {
         const CONTEXT: &str = "SlicedScoreMatching";
+        check_dtype(CONTEXT, &x0, model.float_dtype())?;
         let (x, level, reported) = self.level.prepare(CONTEXT, x0, rng)?;
         check_batch(CONTEXT, &x, model.sample_shape().as_deref(), &level)?;
         let [m, b, d] = v.dims();
         let mut tangents = x.dims();
         tangents[0] = m * b;
-        let (s, jv) = model.score_jvp_many(x, &level, v.clone().reshape(tangents));
+        let tangents = v.clone().reshape(tangents);
+        let (s, jv) = model.score_jvp_many(x.clone(), &level, tangents.clone());
+        check_output(CONTEXT, &s, &x)?;
+        check_output("SlicedScoreMatching (J·v)", &jv, &tangents)?;
         let s = s.reshape([1, b, d]);
         let vjv = v.clone().mul(jv.reshape([m, b, d])).sum_dim(2);
         let second = if self.variance_reduced {
@@ -121,19 +125,21 @@ impl SlicedScoreMatching {
 impl<M: ScoreJvp<D>, const D: usize> Objective<M, D> for SlicedScoreMatching {
     /// The sliced loss with `projections` fresh draws of `distribution` per sample from `rng`.
     /// Errors with [`Error::InvalidParameter`] if `projections == 0`, [`Error::NonFinite`] on
-    /// non-finite data and [`Error::ShapeMismatch`] if `x0` does not fit the model.
+    /// non-finite data, [`Error::ShapeMismatch`] if `x0` does not fit the model or the
+    /// model's outputs (score, JVPs) have other shapes than its inputs, and
+    /// [`Error::DTypeMismatch`] if `x0` is not in the model's
+    /// [`float_dtype`](crate::score::ScoreModel::float_dtype) or an output has another dtype.
     fn loss(&self, model: &M, x0: Tensor<D>, rng: &mut dyn RngCore) -> Result<LossOutput> {
         if self.projections == 0 {
             return Err(Error::invalid("projections", 0, "at least one projection is needed"));
         }
         let dims = x0.dims();
         let (b, m, d) = (dims[0], self.projections, dims[1..].iter().product::<usize>());
-        let device = x0.device();
+        let run = (&x0.device(), x0.dtype());
         let v: Tensor<3> = match self.distribution {
-            Projection::Gaussian => standard_normal([m, b, d], &device, rng),
-            Projection::Rademacher => rademacher([m, b, d], &device, rng),
+            Projection::Gaussian => standard_normal([m, b, d], run, rng),
+            Projection::Rademacher => rademacher([m, b, d], run, rng),
         };
-        let v = v.cast(x0.dtype());
         self.evaluate(model, x0, v, rng)
     }
 }
