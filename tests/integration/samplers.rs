@@ -441,6 +441,13 @@ fn a_model_output_of_another_shape_or_dtype_is_a_typed_error() {
         let err = sampler.sample(&WrongOutput(false), init(), &mut rng(0), &mut ()).unwrap_err();
         assert!(matches!(err, Error::DTypeMismatch { .. }), "{name}: {err}");
     }
+    // An f64 state given to an f32 network: refused before the network runs (it panicked).
+    let mlp = scorefield::nn::ScoreMlpConfig::new(2).init(&flex());
+    for (name, sampler) in every_sampler() {
+        let init = Tensor::<2>::ones([4, 2], (&flex(), burn::tensor::DType::F64));
+        let err = sampler.sample(&mlp, init, &mut rng(0), &mut ()).unwrap_err();
+        assert!(matches!(err, Error::DTypeMismatch { .. }), "{name}: {err}");
+    }
 }
 
 #[test]

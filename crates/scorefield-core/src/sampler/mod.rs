@@ -65,7 +65,7 @@ use rand::RngCore;
 
 use crate::error::{Error, Result};
 use crate::random::standard_normal;
-use crate::score::{NoiseLevel, ScoreModel, check_batch};
+use crate::score::{NoiseLevel, ScoreModel, check_batch, check_dtype};
 
 /// One step of a sampler, as reported to an [`Observer`].
 #[derive(Debug)]
@@ -132,7 +132,8 @@ pub fn check_finite<const D: usize>(x: &Tensor<D>, context: impl FnOnce() -> Str
 
 /// Checks a sampler's initial state and returns its batch size: a non-empty batch
 /// (`[B, ...]`, `B ≥ 1`) of the model's [`ScoreModel::sample_shape`] if it declares one
-/// ([`Error::ShapeMismatch`]), with finite values ([`Error::NonFinite`]).
+/// ([`Error::ShapeMismatch`]), in the model's [`ScoreModel::float_dtype`] if it declares one
+/// ([`Error::DTypeMismatch`]), with finite values ([`Error::NonFinite`]).
 pub fn check_init<M: ScoreModel<D> + ?Sized, const D: usize>(
     context: &'static str,
     model: &M,
@@ -147,15 +148,16 @@ pub fn check_init<M: ScoreModel<D> + ?Sized, const D: usize>(
             got: format!("{dims:?}"),
         });
     }
-    let level = NoiseLevel::clean(batch, &init.device());
+    let level = NoiseLevel::clean(batch, (&init.device(), init.dtype()));
     check_batch(context, init, model.sample_shape().as_deref(), &level)?;
+    check_dtype(context, init, model.float_dtype())?;
     check_finite(init, || format!("{context} initial state"))?;
     Ok(batch)
 }
 
 /// `z ~ N(0, I)` of the shape, device and dtype of `x`, from the caller's `rng`.
 pub fn noise_like<const D: usize>(x: &Tensor<D>, rng: &mut dyn RngCore) -> Tensor<D> {
-    standard_normal(x.dims(), &x.device(), rng).cast(x.dtype())
+    standard_normal(x.dims(), (&x.device(), x.dtype()), rng)
 }
 
 #[cfg(test)]

@@ -182,7 +182,8 @@ impl<S: NoiseSchedule> ProbabilityFlow<S> {
         x: Tensor<D>,
         at: Stage,
     ) -> Result<Tensor<D>> {
-        let level = NoiseLevel::constant(&self.schedule, at.t, x.dims()[0], &x.device());
+        let level =
+            NoiseLevel::constant(&self.schedule, at.t, x.dims()[0], (&x.device(), x.dtype()));
         let score = model.score(x.clone(), &level);
         check_output("score model output", &score, &x)?;
         Ok(velocity_from_score(&self.schedule, x, score, at.coefficient_t))
@@ -291,7 +292,8 @@ pub(crate) fn check_input<S: NoiseSchedule, const D: usize>(
             got: format!("{dims:?}"),
         });
     }
-    let level = NoiseLevel::constant(schedule, schedule.time_range().1, dims[0], &x.device());
+    let level =
+        NoiseLevel::constant(schedule, schedule.time_range().1, dims[0], (&x.device(), x.dtype()));
     check_batch(context, x, sample_shape, &level)?;
     check_finite(x, || format!("{context}: initial state"))
 }
