@@ -7,7 +7,7 @@
 //! ```text
 //! cargo run --release --example mnist_classifier -- --data-dir ../shared/data/mnist  # optional
 //! cargo run --release --example ddpm_mnist -- --data-dir ../shared/data/mnist
-//! cargo run --release --example ddpm_mnist -- --data-dir ../shared/data/mnist --resume --steps 2000
+//! cargo run --release --example ddpm_mnist -- --data-dir ../shared/data/mnist --resume --steps 2400  # 2,000 more
 //! ```
 //!
 //! The default run is a demonstration sized for a few minutes on two CPU cores: a narrow
@@ -65,7 +65,9 @@ use rand::seq::index::sample;
 use scorefield::data::image::grid;
 use scorefield::data::mnist::Mnist;
 use scorefield::data::quality::{self, MnistClassifier, QualityReport};
-use scorefield::nn::{NcsnUnet, NcsnUnetConfig, Trainer, TrainerConfig};
+use scorefield::nn::{
+    Checkpoints, FitError, NcsnUnet, NcsnUnetConfig, Progress, StepReport, Trainer, TrainerConfig,
+};
 use scorefield::objective::{EpsilonElbo, ModelVariance};
 use scorefield::param::{EpsilonPrediction, SigmaTilde};
 use scorefield::random::standard_normal;
@@ -81,7 +83,7 @@ struct Args {
     /// Where to write the sample grids and the checkpoint.
     #[arg(long, default_value = "out/ddpm_mnist")]
     out: PathBuf,
-    /// Training steps (added to the checkpoint's with --resume).
+    /// Training steps in all (with --resume, the run continues to this total).
     #[arg(long, default_value_t = 400)]
     steps: u64,
     /// The seed of the training run, of the samples and of the bound's noise.
@@ -228,34 +230,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // trainer's own stream so that a resumed run continues bit for bit.
     let objective = EpsilonElbo::simple(ddpm.clone());
     let batch_size = trainer.config().batch_size;
-    let progress = bar(args.steps, "training");
-    let start = Instant::now();
-    let (mut smoothed, mut window) = (None, Vec::new());
-    for _ in 0..args.steps {
-        let mut rng = trainer.batch_rng();
-        let picks: Vec<usize> = sample(&mut rng, split, batch_size).into_iter().collect();
-        let x = to_model_range(data.images(&picks, &device)?);
-        let report = trainer.step(&objective, x)?;
-        let loss = smoothed.map_or(report.loss, |m: f64| 0.98 * m + 0.02 * report.loss);
-        smoothed = Some(loss);
-        window.push(report.loss);
-        progress.inc(1);
-        progress.set_message(format!("L_simple {loss:.4}"));
-        if trainer.steps().is_multiple_of(100) {
-            let mean = window.iter().sum::<f64>() / window.len() as f64;
-            progress.println(format!("step {:>6}: mean L_simple {mean:.4}", trainer.steps()));
-            window.clear();
-        }
-    }
-    progress.finish();
-    let train_time = start.elapsed().as_secs_f64();
-    if args.steps > 0 {
+    let batch = |rng: &mut StdRng| {
+        let picks: Vec<usize> = sample(rng, split, batch_size).into_iter().collect();
+        data.images(&picks, &device).map(to_model_range)
+    };
+    let mut progress = Progress::new("training", trainer.steps(), args.steps);
+    let shown = progress.clone();
+    let mut window = Vec::new();
+    let mut print =
+        |t: &Trainer<EpsilonUnet>, r: &StepReport| -> Result<ControlFlow<()>, FitError> {
+            window.push(r.loss);
+            if t.steps().is_multiple_of(100) {
+                let mean = window.iter().sum::<f64>() / window.len() as f64;
+                shown.println(format!("step {:>6}: mean L_simple {mean:.4}", t.steps()));
+                window.clear();
+            }
+            Ok(ControlFlow::Continue(()))
+        };
+    let mut saves = Checkpoints::new(&checkpoint, 0); // at the end
+    let summary =
+        trainer.fit(&objective, args.steps, batch, &mut [&mut progress, &mut print, &mut saves])?;
+    if summary.steps > 0 {
         println!(
-            "trained {} steps in {train_time:.1} s ({:.2} s/step)",
-            args.steps,
-            train_time / args.steps as f64
+            "trained {} steps in {:.1} s ({:.2} s/step)",
+            summary.steps,
+            summary.seconds,
+            summary.seconds / summary.steps as f64
         );
-        let path = trainer.save(&checkpoint)?;
+    }
+    if let Some(path) = saves.last() {
         println!("checkpoint {}", path.display());
     }
 

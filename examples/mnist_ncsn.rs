@@ -40,7 +40,7 @@ use cli::AnyResult;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use burn::config::Config;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -51,7 +51,11 @@ use rand::{Rng, SeedableRng};
 use scorefield::data::mnist::{self, Mnist, MnistError, Split};
 use scorefield::data::plot;
 use scorefield::data::quality::{self, MnistClassifier};
-use scorefield::nn::{LossLog, NcsnUnet, NcsnUnetConfig, Trainer, TrainerConfig, read_checkpoint};
+use scorefield::nn::train::every as fit_every;
+use scorefield::nn::{
+    Callback, Checkpoints, FitError, LossCsv, NcsnUnet, NcsnUnetConfig, Progress, StepReport,
+    Trainer, TrainerConfig, read_checkpoint,
+};
 use scorefield::objective::DenoisingScoreMatching;
 use scorefield::sampler::{AnnealedLangevin, SampleStep, Sampler};
 use scorefield::schedule::GeometricSigmas;
@@ -290,70 +294,49 @@ fn run(args: Args) -> AnyResult<()> {
     );
 
     let objective = DenoisingScoreMatching::multi_scale(&levels, levels.levels())?;
-    let mut log = LossLog::new(&levels.sigmas())?;
     let csv_path = args.out.join("losses.csv");
-    // On resume the CSV keeps the rows up to the checkpoint's step and appends the new ones.
-    let earlier_rows = if args.resume { rows_up_to(&csv_path, trainer.steps()) } else { vec![] };
-    let write_csv = |log: &LossLog| -> AnyResult<()> {
-        let mut csv = log.to_csv();
-        let body = csv.split_off(csv.find('\n').map_or(csv.len(), |i| i + 1));
-        csv.extend(earlier_rows.iter().map(|row| format!("{row}\n")));
-        csv.push_str(&body);
-        scorefield::data::image::write_atomically(&csv_path, csv.as_bytes())?;
-        plot_losses(&csv, &args.out.join("loss.png"))
-    };
-
-    let start_step = trainer.steps();
-    let bar = ProgressBar::new(settings.steps).with_position(start_step);
-    bar.set_style(style("train")?);
-    let (mut smoothed, mut train_time) = (None::<f64>, Duration::ZERO);
-    while trainer.steps() < settings.steps {
-        let tick = Instant::now();
-        let mut rng = trainer.batch_rng();
+    // On resume the CSV keeps its rows up to the checkpoint's step and the run appends to it.
+    let mut losses =
+        LossCsv::resume(&levels.sigmas(), &csv_path, args.log_every.max(1), trainer.steps())?;
+    let plot_path = args.out.join("loss.png");
+    let mut plot = fit_every(args.log_every.max(1), |_: &Trainer<NcsnUnet>, _: &StepReport| {
+        plot_losses(&csv_path, &plot_path).map_err(|e| FitError::Callback(e.to_string().into()))
+    });
+    let mut checkpoint = Checkpoints::new(&checkpoints, settings.checkpoint_every);
+    let mut progress = Progress::new("train", trainer.steps(), settings.steps);
+    let shown = progress.clone();
+    let mut samples =
+        fit_every(settings.sample_every.max(1), |t: &Trainer<NcsnUnet>, _: &StepReport| {
+            let k = t.steps();
+            if settings.sample_every == 0 || k == settings.steps {
+                return Ok(()); // the final samples are drawn below
+            }
+            let path = args.out.join(format!("samples-step-{k}.png"));
+            shown
+                .suspend(|| draw(t.ema(), &args, &settings, seed, &path, &device))
+                .map(|_| ())
+                .map_err(|e| FitError::Callback(e.to_string().into()))
+        });
+    let batch = |rng: &mut StdRng| {
         let indices: Vec<usize> =
             (0..batch_size).map(|_| rng.random_range(0..data.len())).collect();
-        let x0 = data.batch(&indices, &device, &mut rng)?;
-        let report = trainer.step(&objective, x0)?;
-        train_time += tick.elapsed();
-        log.record(&report);
-        let loss = smoothed.map_or(report.loss, |s| 0.98 * s + 0.02 * report.loss);
-        smoothed = Some(loss);
-        bar.set_message(format!("loss {loss:.4}"));
-        bar.inc(1);
-
-        let k = trainer.steps();
-        let last = k == settings.steps;
-        if k.is_multiple_of(args.log_every.max(1)) || last {
-            log.flush(k);
-            write_csv(&log)?;
-        }
-        if !last && every(k, settings.checkpoint_every) {
-            trainer.save(&checkpoints)?;
-        }
-        if !last && every(k, settings.sample_every) {
-            bar.suspend(|| {
-                draw(
-                    trainer.ema(),
-                    &args,
-                    &settings,
-                    seed,
-                    &args.out.join(format!("samples-step-{k}.png")),
-                    &device,
-                )
-            })?;
-        }
-    }
-    bar.finish();
-    let trained = trainer.steps() - start_step;
-    if trained > 0 {
+        data.batch(&indices, &device, rng)
+    };
+    let callbacks: &mut [&mut dyn Callback<NcsnUnet>] =
+        &mut [&mut progress, &mut losses, &mut plot, &mut checkpoint, &mut samples];
+    let summary = trainer.fit(&objective, settings.steps, batch, callbacks)?;
+    plot_losses(&csv_path, &plot_path)?;
+    if summary.steps > 0 {
         println!(
-            "trained {trained} steps in {:.1} s ({:.3} s/step)",
-            train_time.as_secs_f64(),
-            train_time.as_secs_f64() / trained as f64
+            "trained {} steps in {:.1} s ({:.3} s/step, checkpoints and samples included)",
+            summary.steps,
+            summary.seconds,
+            summary.seconds / summary.steps as f64
         );
     }
-    let path = trainer.save(&checkpoints)?;
-    println!("checkpoint: {}", path.display());
+    if let Some(path) = checkpoint.last() {
+        println!("checkpoint: {}", path.display());
+    }
     println!("loss per noise level: {}", csv_path.display());
     let samples =
         draw(trainer.ema(), &args, &settings, seed, &args.out.join("samples.png"), &device)?;
@@ -388,7 +371,8 @@ fn report_quality(args: &Args, samples: Tensor<4>, data: &Mnist, device: &Device
 }
 
 /// Plots the mean loss over all levels (the CSV's `all` rows) against the step, log scale.
-fn plot_losses(csv: &str, path: &Path) -> AnyResult<()> {
+fn plot_losses(csv_path: &Path, path: &Path) -> AnyResult<()> {
+    let csv = std::fs::read_to_string(csv_path)?;
     let curve: Vec<[f64; 2]> = csv
         .lines()
         .skip(1)
@@ -405,11 +389,6 @@ fn plot_losses(csv: &str, path: &Path) -> AnyResult<()> {
     Ok(())
 }
 
-/// Whether step `k` is on the interval `every` (0: never).
-fn every(k: u64, every: u64) -> bool {
-    every > 0 && k.is_multiple_of(every)
-}
-
 fn split_name(split: Split) -> &'static str {
     match split {
         Split::Train => "training",
@@ -422,18 +401,6 @@ fn style(what: &str) -> AnyResult<ProgressStyle> {
         "{what} {{elapsed_precise}} [{{bar:30}}] {{pos}}/{{len}} {{per_sec}} eta {{eta}} {{msg}}"
     );
     Ok(ProgressStyle::with_template(&template)?.progress_chars("=> "))
-}
-
-/// The data lines of an earlier `losses.csv` with a step of at most `step`.
-fn rows_up_to(path: &Path, step: u64) -> Vec<String> {
-    let Ok(text) = std::fs::read_to_string(path) else { return vec![] };
-    text.lines()
-        .skip(1)
-        .filter(|line| {
-            line.split(',').next().and_then(|s| s.parse::<u64>().ok()).is_some_and(|s| s <= step)
-        })
-        .map(str::to_string)
-        .collect()
 }
 
 /// MNIST from the resolved directory. If it holds no MNIST files: the training split is

@@ -303,8 +303,9 @@ impl<M: Module> Callback<M> for LossCsv {
 }
 
 /// A progress bar over the steps up to `until`, with the smoothed loss (an exponential
-/// average over about 50 steps) and the time left.
-#[derive(Debug)]
+/// average over about 50 steps) and the time left. Clones share the bar (a callback that
+/// prints can [`suspend`](Self::suspend) it through a clone).
+#[derive(Debug, Clone)]
 pub struct Progress {
     bar: ProgressBar,
     smoothed: Option<f64>,
@@ -327,6 +328,11 @@ impl Progress {
     /// Prints a line above the bar.
     pub fn println(&self, line: impl AsRef<str>) {
         self.bar.println(line);
+    }
+
+    /// Runs `f` with the bar hidden (for work that prints or shows its own bar).
+    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.bar.suspend(f)
     }
 }
 
