@@ -19,6 +19,9 @@
 //! (they compute the same thing, so rounding apart). Writes `out/custom_sampler/custom_sampler.png`: true samples, the custom
 //! sampler's and annealed Langevin's, side by side.
 
+#[path = "common/cli.rs"]
+mod cli;
+
 #[path = "common/toy_run.rs"]
 mod toy_run;
 
@@ -154,7 +157,12 @@ struct Args {
     out: PathBuf,
 }
 
-fn main() -> AnyResult<()> {
+fn main() -> std::process::ExitCode {
+    cli::exit_code(compare())
+}
+
+/// Trains the model (or loads it) and compares the samplers.
+fn compare() -> cli::AnyResult<()> {
     let args = Args::parse();
     let device = scorefield::device(&args.backend)?;
     device.seed(args.seed);

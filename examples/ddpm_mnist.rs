@@ -47,6 +47,9 @@
 //! estimate of each KL's expectation over `xₜ`, unbiased for the bound. The reverse variance
 //! is `σₜ² = βₜ` (DDPM's fixed-large choice).
 
+#[path = "common/cli.rs"]
+mod cli;
+
 #[path = "common/mnist_args.rs"]
 mod mnist_args;
 
@@ -177,7 +180,11 @@ fn save_grid(images: Tensor<4>, path: &Path) -> Result<(), Box<dyn std::error::E
     Ok(())
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
+    cli::exit_code(run())
+}
+
+fn run() -> cli::AnyResult<()> {
     let args = Args::parse();
     if args.ddim_samples == 0 {
         return Err("--ddim-samples must be at least 1".into());

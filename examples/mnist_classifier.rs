@@ -11,6 +11,9 @@
 //! (`out/mnist_classifier/`: `classifier.json`, the configuration, and `classifier.bpk`, the
 //! parameters as a burnpack record).
 
+#[path = "common/cli.rs"]
+mod cli;
+
 #[path = "common/mnist_args.rs"]
 mod mnist_args;
 
@@ -47,7 +50,11 @@ struct Args {
     seed: u64,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
+    cli::exit_code(run())
+}
+
+fn run() -> cli::AnyResult<()> {
     let args = Args::parse();
     let (device, dir, data) = args.mnist.open()?;
     println!("MNIST {:?} split: {} digits from {}", data.split, data.len(), dir.display());

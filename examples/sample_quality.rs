@@ -13,6 +13,9 @@
 //! `ddpm_mnist`, except for the split-in-two floor, which compares the held-out digits
 //! 8,000..9,000 with 9,000..10,000.
 
+#[path = "common/cli.rs"]
+mod cli;
+
 #[path = "common/mnist_args.rs"]
 mod mnist_args;
 
@@ -46,7 +49,11 @@ fn uniform_noise(n: usize, device: &Device, rng: &mut StdRng) -> Tensor<4> {
     Tensor::from_data(TensorData::new(values, [n, 1, 28, 28]), device)
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
+    cli::exit_code(run())
+}
+
+fn run() -> cli::AnyResult<()> {
     let args = Args::parse();
     let (device, dir, data) = args.mnist.open()?;
     if data.len() < CLASSIFIER_HELD_OUT.end {

@@ -9,6 +9,9 @@
 //! Prints each schedule's marginal `xₜ = m(t)·x₀ + σ(t)·z` along a 6-point sampling grid,
 //! then the exact score of a perturbed 2-D Gaussian mixture, evaluated on the chosen device.
 
+#[path = "common/cli.rs"]
+mod cli;
+
 use burn::tensor::Tensor;
 use clap::Parser;
 use scorefield::schedule::{BetaSchedule, Ddpm, GeometricSigmas, Karras, SubVpSde, VeSde, VpSde};
@@ -34,7 +37,11 @@ fn table<S: NoiseSchedule>(name: &str, schedule: &S) -> scorefield::Result<()> {
     Ok(())
 }
 
-fn main() -> scorefield::Result<()> {
+fn main() -> std::process::ExitCode {
+    cli::exit_code(run())
+}
+
+fn run() -> cli::AnyResult<()> {
     let args = Args::parse();
     let device = scorefield::device(&args.backend)?;
     println!("backend: {} ({device:?})", args.backend);

@@ -27,6 +27,9 @@
 //! (`Trainer::save`) and `run.json` (what the checkpoint was trained on, read by the
 //! `custom_sampler` example).
 
+#[path = "common/cli.rs"]
+mod cli;
+
 #[path = "common/toy_run.rs"]
 mod toy_run;
 
@@ -114,7 +117,11 @@ const SIGMA_MIN: f64 = 0.05;
 /// so each level of annealed Langevin starts close to its own equilibrium.
 const LEVELS: usize = 16;
 
-fn main() -> Result<(), Box<dyn Error>> {
+fn main() -> std::process::ExitCode {
+    cli::exit_code(run())
+}
+
+fn run() -> cli::AnyResult<()> {
     let args = Args::parse();
     let device = scorefield::device(&args.backend)?;
     device.seed(args.seed); // Burn's parameter initialisation draws from the device's generator

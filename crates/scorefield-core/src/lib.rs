@@ -33,6 +33,7 @@
 pub mod analytic;
 pub mod device;
 pub mod error;
+pub mod io;
 pub mod jvp;
 pub mod likelihood;
 pub mod objective;

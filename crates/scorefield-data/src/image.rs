@@ -1,6 +1,5 @@
 //! Images to PNG: grids of NCHW tensors in [0, 1], written atomically.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Tensor;
@@ -62,24 +61,13 @@ impl Image {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so
-/// a reader never sees a partial file and an existing file is replaced only by a complete one.
+/// Writes `bytes` to `path` atomically ([`scorefield_core::io::write_atomically`]: a uniquely
+/// named, synced temporary file in the same directory renamed over `path`, the directory
+/// synced), so a reader never sees a partial file and an existing file is replaced only by a
+/// complete one.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
-    let io = |source| ImageError::Io { path: path.to_path_buf(), source };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io)
+    scorefield_core::io::write_atomically(path, bytes)
+        .map_err(|source| ImageError::Io { path: path.to_path_buf(), source })
 }
 
 /// Tiles a batch of NCHW images in [0, 1] (values are clamped) into a grid with `columns`

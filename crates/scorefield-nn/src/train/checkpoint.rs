@@ -67,7 +67,9 @@ pub enum CheckpointError {
 /// The format name in every manifest.
 pub(super) const FORMAT: &str = "scorefield-checkpoint";
 /// The manifest version this code writes and reads.
-pub(super) const VERSION: u32 = 1;
+pub(super) const VERSION: u32 = 2;
+/// The oldest manifest version this code reads (version 1 hashed with FNV-1a).
+pub(super) const OLDEST_VERSION: u32 = 1;
 /// The pointer file naming the current checkpoint.
 pub(super) const LATEST: &str = "LATEST";
 pub(super) const MANIFEST: &str = "manifest.json";
@@ -82,7 +84,10 @@ pub(super) const MODEL_CONFIG_FILE: &str = "model.json";
 pub(super) struct FileEntry {
     pub(super) name: String,
     pub(super) len: u64,
-    pub(super) fnv1a64: u64,
+    /// Version 1: FNV-1a, 64 bits.
+    pub(super) fnv1a64: Option<u64>,
+    /// Version 2: SHA-256, lower-case hex.
+    pub(super) sha256: Option<String>,
 }
 
 /// `manifest.json`.
@@ -114,7 +119,13 @@ pub struct CheckpointInfo {
     pub model_config: String,
 }
 
-/// FNV-1a, 64 bits: detects truncation and accidental corruption (not tampering).
+/// SHA-256 of `bytes`, lower-case hex: the checksum of manifest version 2.
+pub(super) fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// FNV-1a, 64 bits: the hash of manifest version 1 (read, no longer written).
 pub(super) fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes
         .iter()
@@ -142,33 +153,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     file.sync_all().map_err(io_error(path))
 }
 
-/// Syncs a directory's entries (best effort: not every platform can open a directory).
-fn sync_dir(path: &Path) {
-    if let Ok(dir) = fs::File::open(path) {
-        let _ = dir.sync_all();
-    }
-}
-
-/// Writes `bytes` to `path` through a synced temporary file and a rename: a reader sees the
-/// old content or the new, never a part.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", unique_id()));
-    let result = (|| {
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    } else {
-        sync_dir(dir);
-    }
-    result
-}
+pub(crate) use scorefield_core::io::{sync_dir, write_atomically};
 
 /// Removes JSON whitespace outside string literals, so that two serialisations of the same
 /// configuration compare equal however they are indented.
@@ -237,11 +222,11 @@ fn read_verified(
     let manifest = Manifest::load_binary(&read(MANIFEST)?).map_err(|e| {
         CheckpointError::Corrupt { path: manifest_path.clone(), reason: e.to_string() }
     })?;
-    if manifest.format != FORMAT || manifest.version != VERSION {
+    if manifest.format != FORMAT || !(OLDEST_VERSION..=VERSION).contains(&manifest.version) {
         return Err(CheckpointError::Mismatch {
             what: "format",
             reason: format!(
-                "{} version {} (this build reads {FORMAT} version {VERSION})",
+                "{} version {} (this build reads {FORMAT} versions {OLDEST_VERSION} to {VERSION})",
                 manifest.format, manifest.version
             ),
         });
@@ -259,12 +244,25 @@ fn read_verified(
         if bytes.len() as u64 != entry.len {
             return Err(corrupt(format!("{} bytes, the manifest says {}", bytes.len(), entry.len)));
         }
-        let hash = fnv1a64(&bytes);
-        if hash != entry.fnv1a64 {
-            return Err(corrupt(format!(
-                "FNV-1a hash {hash:016x}, the manifest says {:016x}",
-                entry.fnv1a64
-            )));
+        match (manifest.version, &entry.sha256, entry.fnv1a64) {
+            (1, _, Some(want)) => {
+                let hash = fnv1a64(&bytes);
+                if hash != want {
+                    let reason = format!("FNV-1a hash {hash:016x}, the manifest says {want:016x}");
+                    return Err(corrupt(reason));
+                }
+            }
+            (_, Some(want), _) if manifest.version > 1 => {
+                let hash = sha256_hex(&bytes);
+                if &hash != want {
+                    return Err(corrupt(format!("SHA-256 {hash}, the manifest says {want}")));
+                }
+            }
+            _ => {
+                let reason =
+                    format!("lists no checksum of {file} for version {}", manifest.version);
+                return Err(CheckpointError::Corrupt { path: manifest_path.clone(), reason });
+            }
         }
         files.insert(file.to_string(), bytes);
     }
@@ -324,7 +322,8 @@ impl<M: Module> Trainer<M> {
             .map(|(name, bytes)| FileEntry {
                 name: (*name).into(),
                 len: bytes.len() as u64,
-                fnv1a64: fnv1a64(bytes),
+                fnv1a64: None,
+                sha256: Some(sha256_hex(bytes)),
             })
             .collect();
         let manifest = Manifest {

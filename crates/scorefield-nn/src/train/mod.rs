@@ -34,7 +34,8 @@
 //! ```text
 //! dir/LATEST                       the name of the current checkpoint (one line)
 //! dir/step-<k>-<id>/manifest.json  format, version, step, seed, float dtype, and the length
-//!                                  and FNV-1a 64 hash of each file below
+//!                                  and SHA-256 of each file below (version 2; checkpoints
+//!                                  of version 1, hashed with FNV-1a, still read)
 //! dir/step-<k>-<id>/model.bpk      the model's parameters          (burnpack, Burn's own)
 //! dir/step-<k>-<id>/ema.bpk        the EMA's parameters            (burnpack)
 //! dir/step-<k>-<id>/optimizer.bpk  Adam's state, keyed by ParamId  (burnpack)

@@ -491,7 +491,7 @@ fn damaged_or_mismatched_checkpoints_are_typed_errors_and_untouched() {
     check(&dir.join(LATEST), &missing, "NotFound");
     let future = |b: &[u8]| {
         let text = String::from_utf8(b.to_vec()).unwrap();
-        Some(text.replace("\"version\": 1", "\"version\": 99").into_bytes())
+        Some(text.replace("\"version\": 2", "\"version\": 99").into_bytes())
     };
     check(&path.join(MANIFEST), &future, "Mismatch");
 
@@ -502,7 +502,7 @@ fn damaged_or_mismatched_checkpoints_are_typed_errors_and_untouched() {
     let junk = b"BURNPACK? no: just forty-odd bytes of junk....".to_vec();
     let mut manifest = Manifest::load_binary(&original_manifest).unwrap();
     let entry = manifest.files.iter_mut().find(|e| e.name == MODEL_FILE).unwrap();
-    (entry.len, entry.fnv1a64) = (junk.len() as u64, fnv1a64(&junk));
+    (entry.len, entry.sha256) = (junk.len() as u64, Some(sha256_hex(&junk)));
     fs::write(&model_file, &junk).unwrap();
     fs::write(&manifest_file, config_to_json(&manifest)).unwrap();
     let err = load().unwrap_err();
@@ -704,5 +704,36 @@ fn a_callback_stops_fit_and_errors_propagate_typed() {
     let err = fit_to(&mut trainer, 5, &dev, &mut [&mut failing]).unwrap_err();
     assert!(matches!(err, FitError::Callback(_)), "{err}");
     assert_eq!(trainer.steps(), 3, "the step before the callback failed was taken");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn version_1_checkpoints_hashed_with_fnv_still_read_and_their_hash_is_checked() {
+    let dev = device();
+    let dir = scratch("v1");
+    let config = TrainerConfig::new().with_batch_size(16);
+    let mut trainer = Trainer::new(mlp_config(8).init(&dev), "{}", config).unwrap();
+    run(&mut trainer, 2, 16, &dev);
+    let path = trainer.save(&dir).unwrap();
+    // Rewrite the manifest as version 1 wrote it: FNV-1a 64, no SHA-256.
+    let manifest_file = path.join(MANIFEST);
+    let mut manifest = Manifest::load_binary(&fs::read(&manifest_file).unwrap()).unwrap();
+    assert_eq!(manifest.version, 2);
+    let sha = manifest.files[0].sha256.clone().unwrap();
+    assert_eq!(sha, sha256_hex(&fs::read(path.join(&manifest.files[0].name)).unwrap()));
+    assert_eq!(sha256_hex(b"abc").get(..16), Some("ba7816bf8f01cfea"), "FIPS 180-2 test vector");
+    manifest.version = 1;
+    for entry in &mut manifest.files {
+        let bytes = fs::read(path.join(&entry.name)).unwrap();
+        (entry.sha256, entry.fnv1a64) = (None, Some(fnv1a64(&bytes)));
+    }
+    fs::write(&manifest_file, config_to_json(&manifest)).unwrap();
+    let loaded = Trainer::load(&dir, mlp_config(8).init(&dev), "{}").unwrap();
+    assert_eq!(bits(&params(loaded.model())), bits(&params(trainer.model())));
+    // A wrong FNV hash in a version-1 manifest is still caught.
+    manifest.files[0].fnv1a64 = manifest.files[0].fnv1a64.map(|h| h ^ 1);
+    fs::write(&manifest_file, config_to_json(&manifest)).unwrap();
+    let err = Trainer::load(&dir, mlp_config(8).init(&dev), "{}").unwrap_err();
+    assert!(matches!(err, CheckpointError::Corrupt { .. }), "{err}");
     fs::remove_dir_all(&dir).unwrap();
 }
