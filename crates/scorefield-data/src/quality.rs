@@ -780,6 +780,101 @@ mod tests {
         ));
     }
 
+    /// `A·B` for row-major `n × n` matrices, written out for the oracles.
+    fn mul(a: &[f64], b: &[f64], n: usize) -> Vec<f64> {
+        let mut out = vec![0.0; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                out[i * n + j] = (0..n).map(|k| a[i * n + k] * b[k * n + j]).sum();
+            }
+        }
+        out
+    }
+
+    /// A random orthogonal matrix: Gram–Schmidt on the rows of a random matrix.
+    fn random_orthogonal(n: usize, rng: &mut StdRng) -> Vec<f64> {
+        let mut q: Vec<f64> = (0..n * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        for i in 0..n {
+            for j in 0..i {
+                let dot: f64 = (0..n).map(|k| q[i * n + k] * q[j * n + k]).sum();
+                for k in 0..n {
+                    q[i * n + k] -= dot * q[j * n + k];
+                }
+            }
+            let norm = (0..n).map(|k| q[i * n + k] * q[i * n + k]).sum::<f64>().sqrt();
+            (0..n).for_each(|k| q[i * n + k] /= norm);
+        }
+        q
+    }
+
+    /// `Q diag(λ) Qᵀ`: the symmetric matrix with eigenvalues `λ` and eigenvectors the rows of `Q`
+    /// (as columns of `Qᵀ`).
+    fn with_eigen(q: &[f64], values: &[f64]) -> Vec<f64> {
+        let n = values.len();
+        let mut m = vec![0.0; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                m[i * n + j] = (0..n).map(|k| q[k * n + i] * values[k] * q[k * n + j]).sum();
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn frechet_distance_of_commuting_non_diagonal_covariances() {
+        // C₁ = Q diag(a) Qᵀ and C₂ = Q diag(b) Qᵀ share their eigenvectors, so
+        // d² = ‖μ₁ − μ₂‖² + Σ(√aᵢ − √bᵢ)², whatever the rotation Q.
+        let mut rng = StdRng::seed_from_u64(3);
+        let n = 16;
+        let q = random_orthogonal(n, &mut rng);
+        let a: Vec<f64> = (0..n).map(|_| rng.random_range(0.01..4.0)).collect();
+        let mut b: Vec<f64> = (0..n).map(|_| rng.random_range(0.01..4.0)).collect();
+        b[5] = 0.0; // positive semi-definite: one direction without variance
+        let mu1: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let mu2: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let expected: f64 = mu1.iter().zip(&mu2).map(|(x, y)| (x - y).powi(2)).sum::<f64>()
+            + a.iter().zip(&b).map(|(x, y)| (x.sqrt() - y.sqrt()).powi(2)).sum::<f64>();
+        let got = frechet_distance(&mu1, &with_eigen(&q, &a), &mu2, &with_eigen(&q, &b)).unwrap();
+        // The zero eigenvalue comes out as ±ε·‖C‖: its root, √ε ≈ 10⁻⁸, bounds the accuracy.
+        assert_relative_eq!(got, expected, max_relative = 1e-7);
+        b[5] = 0.5;
+        let expected = expected - a[5].sqrt().powi(2) + (a[5].sqrt() - 0.5f64.sqrt()).powi(2);
+        let got = frechet_distance(&mu1, &with_eigen(&q, &a), &mu2, &with_eigen(&q, &b)).unwrap();
+        assert_relative_eq!(got, expected, max_relative = 1e-10);
+    }
+
+    #[test]
+    fn frechet_distance_of_non_commuting_covariances_with_a_known_root() {
+        // C₁ = P² and C₂ = P⁻¹M²P⁻¹ with P, M symmetric positive definite and different
+        // eigenvectors: C₁^{1/2} C₂ C₁^{1/2} = M², so tr (C₁C₂)^{1/2} = tr M = Σ mᵢ and
+        // d² = Σ pᵢ² + tr C₂ − 2 Σ mᵢ (equal means).
+        let mut rng = StdRng::seed_from_u64(4);
+        let n = 12;
+        let (qp, qm) = (random_orthogonal(n, &mut rng), random_orthogonal(n, &mut rng));
+        let p: Vec<f64> = (0..n).map(|_| rng.random_range(0.3..2.0)).collect();
+        let m: Vec<f64> = (0..n).map(|_| rng.random_range(0.1..3.0)).collect();
+        let p_inv = with_eigen(&qp, &p.iter().map(|v| 1.0 / v).collect::<Vec<_>>());
+        let m2 = with_eigen(&qm, &m.iter().map(|v| v * v).collect::<Vec<_>>());
+        let c1 = with_eigen(&qp, &p.iter().map(|v| v * v).collect::<Vec<_>>());
+        let c2 = mul(&mul(&p_inv, &m2, n), &p_inv, n);
+        let c2: Vec<f64> = (0..n * n).map(|k| 0.5 * (c2[k] + c2[(k % n) * n + k / n])).collect();
+        let trace_c2: f64 = (0..n).map(|i| c2[i * n + i]).sum();
+        let expected =
+            p.iter().map(|v| v * v).sum::<f64>() + trace_c2 - 2.0 * m.iter().sum::<f64>();
+        assert!(expected > 1.0, "a case far from 0: {expected}");
+        let mu = vec![0.5; n];
+        assert_relative_eq!(
+            frechet_distance(&mu, &c1, &mu, &c2).unwrap(),
+            expected,
+            max_relative = 1e-9
+        );
+        assert_relative_eq!(
+            frechet_distance(&mu, &c2, &mu, &c1).unwrap(),
+            expected,
+            max_relative = 1e-9
+        );
+    }
+
     #[test]
     fn feature_statistics_are_the_sample_mean_and_unbiased_covariance() {
         let rows = [1.0, 2.0, 3.0, 6.0, 5.0, 4.0];
