@@ -185,25 +185,25 @@ const COLORS: [plot::Rgb; 8] = [
 
 /// A log–log panel: one curve per sampler, the null quantile as a black line, a legend.
 fn plot_panel(title: &str, curves: &[(String, Vec<[f64; 2]>)], null: f64) -> Image {
-    let log = |p: &[f64; 2]| [p[0].log10(), p[1].max(1e-6).log10()];
-    let all: Vec<[f64; 2]> = curves.iter().flat_map(|(_, c)| c.iter().map(log)).collect();
-    let (y_lo, y_hi) =
-        all.iter().fold((null.log10(), null.log10()), |(lo, hi), p| (lo.min(p[1]), hi.max(p[1])));
-    let mut canvas =
-        Canvas::new(900, 420, (0.6, 3.1), (y_lo - 0.2, y_hi + 0.2)).with_margins(30, 230, 30, 50);
-    canvas.frame();
-    canvas.title(&format!("{title} (log-log; black: null 95 %)"));
-    canvas.polyline(&[[0.6, null.log10()], [3.1, null.log10()]], plot::BLACK, 1.5);
+    let floor = |y: f64| y.max(1e-6);
+    let (y_lo, y_hi) = curves
+        .iter()
+        .flat_map(|(_, c)| c.iter().map(|p| floor(p[1])))
+        .fold((null, null), |(lo, hi), y| (lo.min(y), hi.max(y)));
+    let nfe = (NFES[0] as f64 / 1.25, NFES[NFES.len() - 1] as f64 * 1.25);
+    let mut canvas = Canvas::new(900, 420, nfe, (y_lo / 1.6, y_hi * 1.6))
+        .and_then(|c| c.log_x()?.log_y())
+        .unwrap()
+        .labels("NFE (model evaluations)", "energy distance");
+    canvas.title(title);
+    canvas.polyline(&[[nfe.0, null], [nfe.1, null]], plot::BLACK, 1.5);
+    canvas.legend("null 95 %", plot::BLACK);
     for (i, (name, curve)) in curves.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let points: Vec<[f64; 2]> = curve.iter().map(log).collect();
+        let points: Vec<[f64; 2]> = curve.iter().map(|p| [p[0], floor(p[1])]).collect();
         canvas.polyline(&points, color, 2.0);
         canvas.scatter(&points, color, 3.0, 1.0);
-        canvas.text(680, 40 + 18 * i as i64, name, color, 1);
+        canvas.legend(name, color);
     }
-    for nfe in NFES {
-        let (px, py) = canvas.to_pixel((nfe as f64).log10(), y_lo - 0.2);
-        canvas.text(px as i64 - 8, py as i64 + 6, &nfe.to_string(), plot::BLACK, 1);
-    }
-    canvas.into_image()
+    canvas.render().unwrap()
 }

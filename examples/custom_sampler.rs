@@ -213,18 +213,20 @@ fn compare() -> cli::AnyResult<()> {
     }
 
     let panel = |x: &[[f64; 2]], color, title: &str| {
-        let mut canvas = Canvas::new(360, 384, (-6.0, 6.0), (-6.0, 6.0));
+        let mut canvas = Canvas::new(400, 420, (-6.0, 6.0), (-6.0, 6.0))?;
         canvas.axes();
         canvas.scatter(&truth, LIGHT_GREY, 1.0, 0.6);
         canvas.scatter(x, color, 1.0, 0.5);
+        canvas.legend("reference", LIGHT_GREY);
+        canvas.legend("samples", color);
         canvas.title(title);
-        canvas.into_image()
+        canvas.render()
     };
     let ed = |x: &[[f64; 2]]| energy_distance(x, &truth);
     let panels = [
-        panel(&floor, BLUE, "true samples"),
-        panel(&custom, RED, &format!("custom Heun, ED {:.3}", ed(&custom))),
-        panel(&langevin, ORANGE, &format!("annealed, ED {:.3}", ed(&langevin))),
+        panel(&floor, BLUE, "true samples")?,
+        panel(&custom, RED, &format!("custom Heun, ED {:.3}", ed(&custom)))?,
+        panel(&langevin, ORANGE, &format!("annealed, ED {:.3}", ed(&langevin)))?,
     ];
     let path = args.out.join("custom_sampler.png");
     save(&plot::hconcat(&panels, 10), &path)?;

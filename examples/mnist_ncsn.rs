@@ -385,7 +385,7 @@ fn plot_losses(csv_path: &Path, path: &Path) -> AnyResult<()> {
         })
         .collect();
     let title = "DSM loss, all levels";
-    plot::line_plot(&curve, (520, 320), true, plot::BLUE, title).save(path)?;
+    plot::line_plot(&curve, (520, 320), true, plot::BLUE, title)?.save(path)?;
     Ok(())
 }
 

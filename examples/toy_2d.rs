@@ -46,7 +46,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use scorefield::analytic::GaussianMixture;
 use scorefield::data::image::Image;
-use scorefield::data::plot::{self, BLUE, Canvas, GREEN, LIGHT_GREY, ORANGE, RED};
+use scorefield::data::plot::{self, BLUE, Canvas, GREEN, LIGHT_GREY, ORANGE, PlotError, RED};
 use scorefield::data::toy;
 use scorefield::nn::{Conditioning, LossLog, ScoreMlp, ScoreMlpConfig, Trainer, TrainerConfig};
 use scorefield::objective::{
@@ -184,10 +184,10 @@ fn run() -> cli::AnyResult<()> {
     };
     let mut files = Vec::new();
     let data_title = format!("data: {}", name(args.data));
-    let image = scatter(&[], &true_samples, half_width, BLUE, &data_title);
+    let image = scatter(&[], &true_samples, half_width, BLUE, &data_title)?;
     files.push(save(image, path("data.png"))?);
     let title = format!("{sampler_name} ({})", name(args.objective));
-    let image = scatter(&true_samples, &model_samples, half_width, ORANGE, &title);
+    let image = scatter(&true_samples, &model_samples, half_width, ORANGE, &title)?;
     files.push(save(image, path("samples.png"))?);
     let n = 21 * 21;
     let level = if dsm {
@@ -206,7 +206,7 @@ fn run() -> cli::AnyResult<()> {
     let floor = exact_score_loss(args.objective, &levels, &data, &device, args.seed)?;
     println!("the objective at the exact score (the floor of the loss): {floor:.4}");
     let loss_title = format!("{} loss (exact score {floor:.3})", name(args.objective));
-    let image = plot::line_plot(&curve, (520, 320), dsm, BLUE, &loss_title);
+    let image = plot::line_plot(&curve, (520, 320), dsm, BLUE, &loss_title)?;
     files.push(save(image, path("loss.png"))?);
     losses.write_csv(path("losses.csv"))?;
     files.push(path("losses.csv"));
@@ -389,20 +389,25 @@ fn uniform(n: usize, h: f64, device: &Device, rng: &mut StdRng) -> Tensor<2> {
     tensor(&p, device)
 }
 
-/// A square scatter plot over `[−h, h]²`: `background` in light grey, `points` on top.
+/// A square scatter plot over `[−h, h]²`: `background` (the true samples) in light grey,
+/// `points` on top.
 fn scatter(
     background: &[[f64; 2]],
     points: &[[f64; 2]],
     h: f64,
     color: [u8; 3],
     title: &str,
-) -> Image {
-    let mut canvas = Canvas::new(400, 424, (-h, h), (-h, h));
+) -> Result<Image, PlotError> {
+    let mut canvas = Canvas::new(424, 440, (-h, h), (-h, h))?;
     canvas.axes();
     canvas.scatter(background, LIGHT_GREY, 1.0, 0.6);
     canvas.scatter(points, color, 1.0, 0.5);
+    if !background.is_empty() {
+        canvas.legend("true samples", LIGHT_GREY);
+        canvas.legend("model samples", color);
+    }
     canvas.title(title);
-    canvas.into_image()
+    canvas.render()
 }
 
 /// The exact and the learned score on a 21 × 21 grid, side by side, at `level` (441 levels).
@@ -426,17 +431,17 @@ fn score_fields(
     norms.sort_by(f64::total_cmp);
     let scale = 0.6 * spacing / norms[norms.len() / 2].max(1e-12);
     let panel = |field: &[[f64; 2]], color, title: &str| {
-        let mut canvas = Canvas::new(400, 424, (-h, h), (-h, h));
+        let mut canvas = Canvas::new(424, 440, (-h, h), (-h, h))?;
         canvas.axes();
         canvas.scatter(background, LIGHT_GREY, 1.0, 0.4);
         canvas.quiver(&grid, field, scale, 0.9 * spacing, color);
         canvas.title(title);
-        canvas.into_image()
+        canvas.render()
     };
     Ok(plot::hconcat(
         &[
-            panel(&truth, GREEN, &format!("true score, {level_name}")),
-            panel(&learned, RED, &format!("learned score, {level_name}")),
+            panel(&truth, GREEN, &format!("true score, {level_name}"))?,
+            panel(&learned, RED, &format!("learned score, {level_name}"))?,
         ],
         12,
     ))
@@ -448,16 +453,18 @@ fn first_mode_fraction(x: &[[f64; 2]]) -> f64 {
 }
 
 /// A panel of the mode-weight experiment: the points coloured by side, the weights in the title.
-fn weights_panel(x: &[[f64; 2]], name: &str) -> (Image, f64) {
+fn weights_panel(x: &[[f64; 2]], name: &str) -> Result<(Image, f64), PlotError> {
     let w = first_mode_fraction(x);
     let (first, second): (Vec<[f64; 2]>, Vec<[f64; 2]>) = x.iter().partition(|p| p[0] + p[1] < 0.0);
-    let mut canvas = Canvas::new(400, 424, (-10.0, 10.0), (-10.0, 10.0));
+    let mut canvas = Canvas::new(424, 440, (-10.0, 10.0), (-10.0, 10.0))?;
     canvas.axes();
     canvas.polyline(&[[-10.0, 10.0], [10.0, -10.0]], LIGHT_GREY, 1.0);
     canvas.scatter(&first, BLUE, 1.0, 0.5);
     canvas.scatter(&second, ORANGE, 1.0, 0.5);
+    canvas.legend("mode at (−5, −5)", BLUE);
+    canvas.legend("mode at (5, 5)", ORANGE);
     canvas.title(&format!("{name} {w:.2} : {:.2}", 1.0 - w));
-    (canvas.into_image(), w)
+    Ok((canvas.render()?, w))
 }
 
 /// The mode-weight experiment with the exact scores of `toy::unequal_modes()`.
@@ -478,7 +485,7 @@ fn mode_weights_oracle(
         uniform(n, 8.0, device, rng),
         rng,
     )?;
-    let (plain, w_plain) = weights_panel(&x, "exact, Langevin");
+    let (plain, w_plain) = weights_panel(&x, "exact, Langevin")?;
     // Annealed Langevin with the exact perturbed scores: σ₁ = 20 exceeds the distance between
     // the modes (√200 ≈ 14), so the first levels mix them; σ_L = 0.1; 20 levels; ε = 2·10⁻³
     // makes the relative step α_i/σ_i² = ε/σ_L² = 0.2 at every level.
@@ -490,7 +497,7 @@ fn mode_weights_oracle(
         uniform(n, 8.0, device, rng),
         rng,
     )?;
-    let (ann, w_ann) = weights_panel(&x, "exact, annealed");
+    let (ann, w_ann) = weights_panel(&x, "exact, annealed")?;
     println!(
         "mode weights with the exact scores (true 0.67 : 0.33): Langevin {w_plain:.3} : {:.3}, \
          annealed Langevin {w_ann:.3} : {:.3}",
@@ -517,7 +524,7 @@ fn mode_weights_model(
         uniform(n, 8.0, device, rng),
         rng,
     )?;
-    let (plain, w_plain) = weights_panel(&x, "model, Langevin");
+    let (plain, w_plain) = weights_panel(&x, "model, Langevin")?;
     let annealed = AnnealedLangevin::ncsn(levels, 100, 0.2 * SIGMA_MIN * SIGMA_MIN)?;
     let x = run_sampler(
         "annealed Langevin (model)",
@@ -526,7 +533,7 @@ fn mode_weights_model(
         uniform(n, 8.0, device, rng),
         rng,
     )?;
-    let (ann, w_ann) = weights_panel(&x, "model, annealed");
+    let (ann, w_ann) = weights_panel(&x, "model, annealed")?;
     println!(
         "mode weights with the trained model: Langevin {w_plain:.3} : {:.3}, annealed Langevin \
          {w_ann:.3} : {:.3}",

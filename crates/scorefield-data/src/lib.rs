@@ -1,13 +1,15 @@
 //! # scorefield-data
 //!
 //! Data for scorefield: the MNIST IDX reader and download ([`mnist`], [`idx`]), PNG image grids
-//! ([`image`]) and plots ([`plot`]), toy two-dimensional data sets built from the analytic
-//! oracles ([`toy`]), and the sample-quality classifier and metrics ([`quality`]).
+//! ([`image`]) and plots (`plot`, drawn with plotters; the default feature `plot`), toy
+//! two-dimensional data sets built from the analytic oracles ([`toy`]), and the sample-quality
+//! classifier and metrics ([`quality`]).
 #![deny(missing_docs)]
 
 pub mod idx;
 pub mod image;
 pub mod mnist;
+#[cfg(feature = "plot")]
 pub mod plot;
 pub mod quality;
 pub mod toy;

@@ -14,7 +14,7 @@
 //! ```
 //!
 //! The matrix square roots are taken in f64 on the host from symmetric eigendecompositions
-//! ([`symmetric_eigen`], cyclic Jacobi); `C₁^{1/2} C₂ C₁^{1/2}` is symmetric positive
+//! (nalgebra's `SymmetricEigen`); `C₁^{1/2} C₂ C₁^{1/2}` is symmetric positive
 //! semi-definite and similar to `C₁C₂`, so the trace of its square root is the trace in the
 //! formula. Negative eigenvalues left by rounding are treated as 0.
 //!
@@ -41,6 +41,7 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::store::ModuleRecord;
 use burn::tensor::activation::{relu, softmax};
 use burn::tensor::{Bytes, Device, Int, Tensor, TensorData};
+use nalgebra::{DMatrix, SymmetricEigen};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -476,118 +477,27 @@ pub fn frechet_distance(
         return Err(Error::NonFinite { context: "frechet_distance".into() });
     }
     let mean_term: f64 = mu1.iter().zip(mu2).map(|(a, b)| (a - b) * (a - b)).sum();
-    let trace = |c: &[f64]| (0..d).map(|i| c[i * d + i]).sum::<f64>();
-    let root1 = sqrt_psd(cov1, d);
-    let middle = symmetrised(&matmul(&matmul(&root1, cov2, d), &root1, d), d);
-    let (eigenvalues, _) = symmetric_eigen(&middle, d);
-    let trace_root: f64 = eigenvalues.iter().map(|l| l.max(0.0).sqrt()).sum();
-    Ok((mean_term + trace(cov1) + trace(cov2) - 2.0 * trace_root).max(0.0))
+    let (c1, c2) = (symmetric(cov1, d), symmetric(cov2, d));
+    let root1 = sqrt_psd(&c1);
+    let middle = &root1 * &c2 * &root1;
+    let middle = (&middle + middle.transpose()) * 0.5;
+    let trace_root: f64 = middle.symmetric_eigenvalues().iter().map(|l| l.max(0.0).sqrt()).sum();
+    Ok((mean_term + c1.trace() + c2.trace() - 2.0 * trace_root).max(0.0))
 }
 
-/// `A·B` for row-major `n × n` matrices.
-fn matmul(a: &[f64], b: &[f64], n: usize) -> Vec<f64> {
-    let mut out = vec![0.0; n * n];
-    for i in 0..n {
-        for k in 0..n {
-            let aik = a[i * n + k];
-            if aik != 0.0 {
-                for j in 0..n {
-                    out[i * n + j] += aik * b[k * n + j];
-                }
-            }
-        }
-    }
-    out
-}
-
-/// `(A + Aᵀ)/2`.
-fn symmetrised(a: &[f64], n: usize) -> Vec<f64> {
-    let mut out = a.to_vec();
-    for i in 0..n {
-        for j in 0..i {
-            let v = 0.5 * (a[i * n + j] + a[j * n + i]);
-            out[i * n + j] = v;
-            out[j * n + i] = v;
-        }
-    }
-    out
+/// The row-major `n × n` matrix `a`, symmetrised: `(A + Aᵀ)/2`.
+fn symmetric(a: &[f64], n: usize) -> DMatrix<f64> {
+    let m = DMatrix::from_row_slice(n, n, a);
+    (&m + m.transpose()) * 0.5
 }
 
 /// The symmetric square root `V diag(√max(λ, 0)) Vᵀ` of a symmetric positive semi-definite
-/// matrix.
-fn sqrt_psd(a: &[f64], n: usize) -> Vec<f64> {
-    let (values, vectors) = symmetric_eigen(a, n);
-    let roots: Vec<f64> = values.iter().map(|l| l.max(0.0).sqrt()).collect();
-    let mut out = vec![0.0; n * n];
-    for i in 0..n {
-        for j in i..n {
-            let v: f64 = (0..n).map(|k| vectors[i * n + k] * roots[k] * vectors[j * n + k]).sum();
-            out[i * n + j] = v;
-            out[j * n + i] = v;
-        }
-    }
-    out
-}
-
-/// The eigendecomposition `A = V diag(λ) Vᵀ` of a symmetric row-major `n × n` matrix by the
-/// cyclic Jacobi method, in f64: returns `(λ, V)`, column `k` of `V` (row-major) being the
-/// eigenvector of `λₖ`, orthonormal. Eigenvalues are not sorted.
-///
-/// Each rotation in the plane `(p, q)`, `θ = (a_qq − a_pp)/(2a_pq)`,
-/// `t = sgn θ/(|θ| + √(θ² + 1))`, `c = 1/√(t² + 1)`, `s = t·c`, zeroes `a_pq`; sweeps over
-/// all pairs repeat until the off-diagonal part is below `10⁻¹⁴`·‖A‖_F (at most 100 sweeps).
-/// Both triangles are read and updated: pass a symmetric matrix.
-///
-/// # Panics
-/// If `a.len() != n·n`.
-pub fn symmetric_eigen(a: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
-    assert_eq!(a.len(), n * n, "symmetric_eigen: expected an {n}×{n} matrix");
-    let mut m = a.to_vec();
-    let mut v = vec![0.0; n * n];
-    for i in 0..n {
-        v[i * n + i] = 1.0;
-    }
-    let total: f64 = m.iter().map(|x| x * x).sum::<f64>().sqrt();
-    let tolerance = 1e-14 * total;
-    for _ in 0..100 {
-        let off: f64 = (0..n)
-            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
-            .map(|(i, j)| m[i * n + j] * m[i * n + j])
-            .sum::<f64>()
-            .sqrt();
-        if off <= tolerance {
-            break;
-        }
-        for p in 0..n {
-            for q in p + 1..n {
-                let apq = m[p * n + q];
-                if apq == 0.0 {
-                    continue;
-                }
-                let theta = (m[q * n + q] - m[p * n + p]) / (2.0 * apq);
-                let t = theta.signum() / (theta.abs() + theta.hypot(1.0));
-                let c = 1.0 / t.hypot(1.0);
-                let s = t * c;
-                // A ← A·P (columns p, q), then A ← Pᵀ·A (rows p, q), V ← V·P.
-                for k in 0..n {
-                    let (kp, kq) = (m[k * n + p], m[k * n + q]);
-                    m[k * n + p] = c * kp - s * kq;
-                    m[k * n + q] = s * kp + c * kq;
-                }
-                for k in 0..n {
-                    let (pk, qk) = (m[p * n + k], m[q * n + k]);
-                    m[p * n + k] = c * pk - s * qk;
-                    m[q * n + k] = s * pk + c * qk;
-                }
-                for k in 0..n {
-                    let (kp, kq) = (v[k * n + p], v[k * n + q]);
-                    v[k * n + p] = c * kp - s * kq;
-                    v[k * n + q] = s * kp + c * kq;
-                }
-            }
-        }
-    }
-    ((0..n).map(|i| m[i * n + i]).collect(), v)
+/// matrix `A = V diag(λ) Vᵀ` (nalgebra's symmetric eigendecomposition: Householder
+/// tridiagonalisation and implicit QR).
+fn sqrt_psd(a: &DMatrix<f64>) -> DMatrix<f64> {
+    let eigen = SymmetricEigen::new(a.clone());
+    let roots = eigen.eigenvalues.map(|l| l.max(0.0).sqrt());
+    &eigen.eigenvectors * DMatrix::from_diagonal(&roots) * eigen.eigenvectors.transpose()
 }
 
 /// The quality of a batch of generated digits, as judged by a [`MnistClassifier`].
@@ -716,26 +626,22 @@ mod tests {
     }
 
     #[test]
-    fn jacobi_diagonalises_a_symmetric_matrix_with_orthonormal_vectors() {
+    fn the_square_root_squares_back_and_clips_negative_eigenvalues() {
         let mut rng = StdRng::seed_from_u64(1);
         let n = 12;
-        let mut a = random_spd(n, &mut rng);
-        a[3] -= 5.0; // no longer definite, still symmetric
-        a[3 * n] -= 5.0;
-        let (values, v) = symmetric_eigen(&a, n);
-        assert!(values.iter().any(|&l| l < 0.0));
-        for i in 0..n {
-            for j in 0..n {
-                let vtv: f64 = (0..n).map(|k| v[k * n + i] * v[k * n + j]).sum();
-                assert_relative_eq!(vtv, if i == j { 1.0 } else { 0.0 }, epsilon = 1e-12);
-                let rebuilt: f64 = (0..n).map(|k| v[i * n + k] * values[k] * v[j * n + k]).sum();
-                assert_relative_eq!(rebuilt, a[i * n + j], epsilon = 1e-11);
-            }
-        }
         let c = random_spd(n, &mut rng);
-        let r = sqrt_psd(&c, n);
-        for (x, y) in matmul(&r, &r, n).iter().zip(&c) {
-            assert_relative_eq!(x, y, epsilon = 1e-10);
+        let r = sqrt_psd(&symmetric(&c, n));
+        assert_relative_eq!(r.clone(), r.transpose(), epsilon = 1e-12);
+        let squared = &r * &r;
+        for (x, y) in squared.transpose().iter().zip(&c) {
+            assert_relative_eq!(*x, *y, epsilon = 1e-10);
+        }
+        // diag(4, −1) rotated by 30°: its root is diag(2, 0) rotated alike.
+        let (cos, sin) = (30f64.to_radians().cos(), 30f64.to_radians().sin());
+        let q = [cos, sin, -sin, cos];
+        let root = sqrt_psd(&symmetric(&with_eigen(&q, &[4.0, -1.0]), 2));
+        for (x, y) in root.transpose().iter().zip(&with_eigen(&q, &[2.0, 0.0])) {
+            assert_relative_eq!(*x, *y, epsilon = 1e-12);
         }
     }
 
@@ -768,7 +674,7 @@ mod tests {
         );
         // Non-commuting 2×2 covariances: tr √(C₁C₂) = √(tr(C₁C₂) + 2√(det C₁ det C₂)).
         let (c1, c2) = ([2.0, 0.7, 0.7, 1.0], [0.5, -0.3, -0.3, 3.0]);
-        let p = matmul(&c1, &c2, 2);
+        let p = mul(&c1, &c2, 2);
         let det = |m: &[f64]| m[0] * m[3] - m[1] * m[2];
         let trace_root = (p[0] + p[3] + 2.0 * (det(&c1) * det(&c2)).sqrt()).sqrt();
         let expected = c1[0] + c1[3] + c2[0] + c2[3] - 2.0 * trace_root;
@@ -792,6 +698,101 @@ mod tests {
             frechet_distance(&[f64::NAN; 2], &c1, &[0.0; 2], &c2),
             Err(Error::NonFinite { .. })
         ));
+    }
+
+    /// `A·B` for row-major `n × n` matrices, written out for the oracles.
+    fn mul(a: &[f64], b: &[f64], n: usize) -> Vec<f64> {
+        let mut out = vec![0.0; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                out[i * n + j] = (0..n).map(|k| a[i * n + k] * b[k * n + j]).sum();
+            }
+        }
+        out
+    }
+
+    /// A random orthogonal matrix: Gram–Schmidt on the rows of a random matrix.
+    fn random_orthogonal(n: usize, rng: &mut StdRng) -> Vec<f64> {
+        let mut q: Vec<f64> = (0..n * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        for i in 0..n {
+            for j in 0..i {
+                let dot: f64 = (0..n).map(|k| q[i * n + k] * q[j * n + k]).sum();
+                for k in 0..n {
+                    q[i * n + k] -= dot * q[j * n + k];
+                }
+            }
+            let norm = (0..n).map(|k| q[i * n + k] * q[i * n + k]).sum::<f64>().sqrt();
+            (0..n).for_each(|k| q[i * n + k] /= norm);
+        }
+        q
+    }
+
+    /// `Q diag(λ) Qᵀ`: the symmetric matrix with eigenvalues `λ` and eigenvectors the rows of `Q`
+    /// (as columns of `Qᵀ`).
+    fn with_eigen(q: &[f64], values: &[f64]) -> Vec<f64> {
+        let n = values.len();
+        let mut m = vec![0.0; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                m[i * n + j] = (0..n).map(|k| q[k * n + i] * values[k] * q[k * n + j]).sum();
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn frechet_distance_of_commuting_non_diagonal_covariances() {
+        // C₁ = Q diag(a) Qᵀ and C₂ = Q diag(b) Qᵀ share their eigenvectors, so
+        // d² = ‖μ₁ − μ₂‖² + Σ(√aᵢ − √bᵢ)², whatever the rotation Q.
+        let mut rng = StdRng::seed_from_u64(3);
+        let n = 16;
+        let q = random_orthogonal(n, &mut rng);
+        let a: Vec<f64> = (0..n).map(|_| rng.random_range(0.01..4.0)).collect();
+        let mut b: Vec<f64> = (0..n).map(|_| rng.random_range(0.01..4.0)).collect();
+        b[5] = 0.0; // positive semi-definite: one direction without variance
+        let mu1: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let mu2: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let expected: f64 = mu1.iter().zip(&mu2).map(|(x, y)| (x - y).powi(2)).sum::<f64>()
+            + a.iter().zip(&b).map(|(x, y)| (x.sqrt() - y.sqrt()).powi(2)).sum::<f64>();
+        let got = frechet_distance(&mu1, &with_eigen(&q, &a), &mu2, &with_eigen(&q, &b)).unwrap();
+        // The zero eigenvalue comes out as ±ε·‖C‖: its root, √ε ≈ 10⁻⁸, bounds the accuracy.
+        assert_relative_eq!(got, expected, max_relative = 1e-7);
+        b[5] = 0.5;
+        let expected = expected - a[5].sqrt().powi(2) + (a[5].sqrt() - 0.5f64.sqrt()).powi(2);
+        let got = frechet_distance(&mu1, &with_eigen(&q, &a), &mu2, &with_eigen(&q, &b)).unwrap();
+        assert_relative_eq!(got, expected, max_relative = 1e-10);
+    }
+
+    #[test]
+    fn frechet_distance_of_non_commuting_covariances_with_a_known_root() {
+        // C₁ = P² and C₂ = P⁻¹M²P⁻¹ with P, M symmetric positive definite and different
+        // eigenvectors: C₁^{1/2} C₂ C₁^{1/2} = M², so tr (C₁C₂)^{1/2} = tr M = Σ mᵢ and
+        // d² = Σ pᵢ² + tr C₂ − 2 Σ mᵢ (equal means).
+        let mut rng = StdRng::seed_from_u64(4);
+        let n = 12;
+        let (qp, qm) = (random_orthogonal(n, &mut rng), random_orthogonal(n, &mut rng));
+        let p: Vec<f64> = (0..n).map(|_| rng.random_range(0.3..2.0)).collect();
+        let m: Vec<f64> = (0..n).map(|_| rng.random_range(0.1..3.0)).collect();
+        let p_inv = with_eigen(&qp, &p.iter().map(|v| 1.0 / v).collect::<Vec<_>>());
+        let m2 = with_eigen(&qm, &m.iter().map(|v| v * v).collect::<Vec<_>>());
+        let c1 = with_eigen(&qp, &p.iter().map(|v| v * v).collect::<Vec<_>>());
+        let c2 = mul(&mul(&p_inv, &m2, n), &p_inv, n);
+        let c2: Vec<f64> = (0..n * n).map(|k| 0.5 * (c2[k] + c2[(k % n) * n + k / n])).collect();
+        let trace_c2: f64 = (0..n).map(|i| c2[i * n + i]).sum();
+        let expected =
+            p.iter().map(|v| v * v).sum::<f64>() + trace_c2 - 2.0 * m.iter().sum::<f64>();
+        assert!(expected > 1.0, "a case far from 0: {expected}");
+        let mu = vec![0.5; n];
+        assert_relative_eq!(
+            frechet_distance(&mu, &c1, &mu, &c2).unwrap(),
+            expected,
+            max_relative = 1e-9
+        );
+        assert_relative_eq!(
+            frechet_distance(&mu, &c2, &mu, &c1).unwrap(),
+            expected,
+            max_relative = 1e-9
+        );
     }
 
     #[test]
