@@ -604,12 +604,8 @@ fn bad_solver_parameters_are_typed_errors() {
     }
     assert_eq!(name(ProbabilityFlow::new(vp(), dp(1e-5, 1e-5, 0, None))), "max_steps");
 
-    // Public fields bypass `new`: the solve validates again.
     let m = mixture();
     let x = vp().prior_sample([4, 2], &flex(), &mut StdRng::seed_from_u64(0));
-    let pf = ProbabilityFlow { schedule: vp(), solver: OdeSolver::Rk4 { steps: 0 } };
-    let err = pf.sample_with_stats(&m, x.clone(), &mut ()).unwrap_err();
-    assert!(matches!(err, Error::InvalidParameter { name: "steps", .. }), "{err}");
     // More steps than a DDPM grid has points.
     let ddpm = Ddpm::new(BetaSchedule::linear(), 100).unwrap();
     let pf = ProbabilityFlow::new(ddpm, OdeSolver::Euler { steps: 100 }).unwrap();
@@ -624,8 +620,8 @@ fn bad_solver_parameters_are_typed_errors() {
     let zero = Divergence::Hutchinson { probe: Probe::Gaussian, probes: 0 };
     let err = log_likelihood(&m, &vp(), x.clone(), &OdeSolver::default(), zero, &mut rng);
     assert!(matches!(err, Err(Error::InvalidParameter { name: "probes", .. })));
-    let pf = ProbabilityFlow { schedule: vp(), solver: OdeSolver::Heun { steps: 0 } };
-    let err = log_likelihood(&m, &vp(), x, &pf.solver, Divergence::Exact, &mut rng);
+    let err =
+        log_likelihood(&m, &vp(), x, &OdeSolver::Heun { steps: 0 }, Divergence::Exact, &mut rng);
     assert!(matches!(err, Err(Error::InvalidParameter { name: "steps", .. })));
 }
 
@@ -683,4 +679,99 @@ fn bad_shapes_and_non_finite_values_are_typed_errors() {
     let err =
         log_likelihood(&Vjp(Broken::OffGraph), &vp(), x, &solver, Divergence::Exact, &mut rng);
     assert!(matches!(err, Err(Error::InvalidParameter { name: "model", .. })), "{err:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixed-step solvers on the caller's times, run by the shared driver
+
+/// Times from `T` to `ε` clustered towards `ε` (`tᵢ = ε + (T − ε)(1 − i/N)²`), not the
+/// schedule's uniform grid.
+fn quadratic_times<S: NoiseSchedule>(schedule: &S, n: usize) -> Vec<f64> {
+    let (eps, t_max) = schedule.time_range();
+    (0..=n).map(|i| eps + (t_max - eps) * (1.0 - i as f64 / n as f64).powi(2)).collect()
+}
+
+/// Heun and RK4 on the caller's quadratic times converge to the closed-form flow at their
+/// orders, encoding undoes sampling ever more closely at (at least) the same rate, and the observer sees the caller's times and the exact denoised
+/// estimate `E[x₀ | xₜ] = μ + m s²/(m² s² + σ²)·(xₜ − m μ)` of the state each step left.
+#[test]
+fn fixed_step_solvers_follow_the_callers_times() {
+    let (mean, std) = ([1.0, -0.5], 0.5);
+    let g = Gaussian::isotropic(&mean, std).unwrap();
+    for (name, solver, order) in
+        [("heun", OdeSolver::Heun { steps: 1 }, 2.0), ("rk4", OdeSolver::Rk4 { steps: 1 }, 4.0)]
+    {
+        let schedule = ve();
+        let (eps, t_max) = schedule.time_range();
+        let x_t = normal(16, 2, schedule.prior_std(), 9);
+        let want = gaussian_flow(&schedule, &mean, std, &x_t, t_max, eps);
+        let (mut errors, mut round_trips) = (Vec::new(), Vec::new());
+        for n in [20, 40, 80] {
+            let times = quadratic_times(&schedule, n);
+            let pf = ProbabilityFlow::new(schedule, solver).unwrap().with_times(&times).unwrap();
+            assert_eq!(pf.times().unwrap(), times);
+            let (got, stats) = sample_f64(&pf, &g, &x_t, 2);
+            assert_eq!(stats.steps, n);
+            errors.push(max_abs_diff(&got, &want));
+            // Encoding runs the same times backwards and undoes the sampling (up to the
+            // error of both solves, largest on the long steps near T).
+            let back = encode_f64(&pf, &g, &got, 2);
+            round_trips.push(max_abs_diff(&back, &x_t) / schedule.prior_std());
+        }
+        let p = (errors[1] / errors[2]).log2();
+        let q = (round_trips[1] / round_trips[2]).log2();
+        eprintln!(
+            "{name} on quadratic times: errors {} (order {p:.2}), round trips {} (order {q:.2})",
+            sci(&errors),
+            sci(&round_trips)
+        );
+        assert!((p - order).abs() < 0.25 * order, "{name}: order {p} vs {order}");
+        assert!(q > 0.75 * order, "{name}: the round trip converges at order {q}");
+    }
+
+    // The observer: the caller's times, and the exact posterior mean before each step.
+    let schedule = vp();
+    let times = quadratic_times(&schedule, 8);
+    let pf = ProbabilityFlow::new(schedule, OdeSolver::Euler { steps: 1 })
+        .unwrap()
+        .with_times(&times)
+        .unwrap();
+    let x_t = normal(4, 2, 1.0, 10);
+    let mut prev = x_t.clone();
+    let mut seen = Vec::new();
+    let mut observer = |s: &SampleStep<'_, 2>| {
+        let at = schedule.marginal(times[s.step]);
+        let k = at.scale * std * std / (at.scale.powi(2) * std * std + at.std.powi(2));
+        let want: Vec<f64> = prev
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| mean[i % 2] + k * (x - at.scale * mean[i % 2]))
+            .collect();
+        let got = values(s.denoised.expect("a fixed-step solve reports x̂₀").clone());
+        assert!(max_abs_diff(&got, &want) < 1e-10, "step {}: x̂₀", s.step);
+        prev = values(s.x.clone());
+        seen.push(s.t);
+        ControlFlow::Continue(())
+    };
+    pf.sample_with_stats(&g, f64_tensor(&x_t, [4, 2], &flex()), &mut observer).unwrap();
+    assert_eq!(seen, times[1..]);
+}
+
+#[test]
+fn bad_caller_times_are_typed_errors() {
+    let heun = || ProbabilityFlow::new(vp(), OdeSolver::Heun { steps: 4 }).unwrap();
+    let name = |r: Result<ProbabilityFlow<VpSde>, Error>| match r {
+        Err(Error::InvalidParameter { name, .. }) => name,
+        other => panic!("expected InvalidParameter, got {other:?}"),
+    };
+    assert_eq!(name(heun().with_times(&[1.0])), "times");
+    assert_eq!(name(heun().with_times(&[])), "times");
+    assert_eq!(name(heun().with_times(&[0.5, 0.5, 0.1])), "times");
+    assert_eq!(name(heun().with_times(&[0.1, 0.5])), "times");
+    assert_eq!(name(heun().with_times(&[1.5, 0.5])), "time");
+    assert_eq!(name(heun().with_times(&[1.0, 0.0])), "time");
+    assert_eq!(name(heun().with_times(&[f64::NAN, 0.5])), "time");
+    let dp = ProbabilityFlow::new(vp(), OdeSolver::default()).unwrap();
+    assert_eq!(name(dp.clone().with_times(&[1.0, 0.5])), "solver");
+    assert!(matches!(dp.driver(), Err(Error::InvalidParameter { name: "solver", .. })));
 }

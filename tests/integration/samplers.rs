@@ -135,6 +135,41 @@ fn reverse_sde_sub_vp_samples_the_mixture() {
     );
 }
 
+/// The reverse SDE on the caller's times (clustered towards ε: `tᵢ = ε + (T − ε)(1 − i/N)²`)
+/// samples the mixture too, and its observer sees those times.
+#[test]
+fn reverse_sde_follows_the_callers_times() {
+    let vp = VpSde::ddpm();
+    let (eps, t_max) = vp.time_range();
+    let n = 120;
+    let times: Vec<f64> =
+        (0..=n).map(|i| eps + (t_max - eps) * (1.0 - i as f64 / n as f64).powi(2)).collect();
+    let data = mixture();
+    let want = data.sample(N, &flex(), &mut rng(400));
+    for predictor in [Predictor::ReverseDiffusion, Predictor::Ancestral] {
+        let sampler = ReverseSde::new(vp, predictor, Corrector::None, 10)
+            .unwrap()
+            .with_times(&times)
+            .unwrap();
+        assert_eq!(sampler.times(), times);
+        let mut seen = Vec::new();
+        let mut observer = |s: &SampleStep<'_, 2>| {
+            seen.push(s.t);
+            ControlFlow::Continue(())
+        };
+        let init = gaussian_init(N, vp.prior_std(), 401);
+        let got = sampler.sample(&data, init, &mut rng(402), &mut observer).unwrap();
+        assert_eq!(seen, times[1..]);
+        assert_matches(&format!("VP {predictor:?} on quadratic times"), got, want.clone());
+    }
+    // Bad times.
+    let em = ReverseSde::new(vp, Predictor::EulerMaruyama, Corrector::None, 10).unwrap();
+    assert_eq!(invalid_name(em.clone().with_times(&[0.5])), "times");
+    assert_eq!(invalid_name(em.clone().with_times(&[0.5, 0.7])), "times");
+    assert_eq!(invalid_name(em.clone().with_times(&[2.0, 0.5])), "time");
+    assert_eq!(invalid_name(em.with_times(&[0.5, f64::INFINITY])), "time");
+}
+
 // ---------------------------------------------------------------------------------------------
 // The mode-weight experiment (Song & Ermon 2019; CS236).
 

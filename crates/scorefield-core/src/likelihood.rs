@@ -262,9 +262,10 @@ where
         vec![x.clone().reshape([b, n]), Tensor::zeros([b, 1], (&device, x.dtype()))],
         1,
     );
-    let (y, stats) = integrate(solver, schedule, Direction::ToPrior, y0, rhs, |_, _, _, _| {
-        core::ops::ControlFlow::Continue(())
-    })?;
+    let (y, stats) =
+        integrate(solver, schedule, None, Direction::ToPrior, y0, rhs, |_, _, _, _| {
+            core::ops::ControlFlow::Continue(())
+        })?;
     let latent = y.clone().narrow(1, 0, n).reshape(shape);
     let delta_log_prob = y.narrow(1, n, 1).reshape([b]);
     let prior_log_prob = schedule.prior_log_prob(latent.clone());

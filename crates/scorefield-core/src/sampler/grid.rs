@@ -318,6 +318,33 @@ impl Grid {
     }
 }
 
+/// Checks a caller's time grid for a sampler that steps in `t` on its own schedule (the
+/// probability-flow ODE, the reverse SDE): at least two times, each finite and inside the
+/// schedule's `time_range()`, strictly decreasing.
+///
+/// Errors with [`Error::InvalidParameter`] naming `"times"` (count, order) or `"time"` (one
+/// value).
+pub fn check_times<S: NoiseSchedule + ?Sized>(schedule: &S, times: &[f64]) -> Result<()> {
+    if times.len() < 2 {
+        return Err(Error::invalid("times", times.len(), "at least two times are needed"));
+    }
+    let (lo, hi) = schedule.time_range();
+    for &t in times {
+        ensure_finite("time", t)?;
+        if t < lo || t > hi {
+            let reason = format!("outside the schedule's time range [{lo}, {hi}]");
+            return Err(Error::invalid("time", t, reason));
+        }
+    }
+    for w in times.windows(2) {
+        if w[1] >= w[0] {
+            let reason = "times must strictly decrease (sampling runs from T towards ε)";
+            return Err(Error::invalid("times", format!("{} then {}", w[0], w[1]), reason));
+        }
+    }
+    Ok(())
+}
+
 /// `(σ̃(t_min), σ̃(t_max))` of a schedule.
 fn sigma_range<S: NoiseSchedule + ?Sized>(schedule: &S) -> (f64, f64) {
     let (lo, hi) = schedule.time_range();

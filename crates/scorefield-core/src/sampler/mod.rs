@@ -20,11 +20,13 @@
 //!
 //! The classic samplers are steps on the same driver, each with a `driver()` that builds its
 //! grid: [`Langevin`] and [`AnnealedLangevin`] dwell at their levels (a
-//! [`Grid::stationary`]), [`ReverseSde`] (predictor and corrector in one step) and
-//! [`DdpmAncestral`] step in the caller's coordinates with their own schedule, and [`Ddim`]
-//! is [`EulerAncestral`]. Only [`ProbabilityFlow`] keeps its own integrator (`ode.rs`): it is
-//! adaptive (Dormand–Prince), runs both ways (sampling and encoding), and the likelihood
-//! integrates it with an augmented state; `ode.rs` is the one module both share.
+//! [`Grid::stationary`]), [`ReverseSde`] (predictor and corrector in one step), [`DdpmAncestral`]
+//! and [`ProbabilityFlow`]'s fixed-step solvers (Euler, Heun, RK4 in `t`) step in the caller's
+//! coordinates with their own schedule, and [`Ddim`] is [`EulerAncestral`]. The samplers that
+//! step in `t` take the caller's times (`with_times`, checked by [`check_times`]). What the
+//! driver cannot run stays in `ode.rs`, the one module of ODE integrators that sampling and
+//! the likelihood share: adaptive Dormand–Prince (it chooses its own steps), encoding (data →
+//! prior, the other way) and the likelihood's augmented state.
 
 pub mod annealed;
 pub mod ddpm;
@@ -50,7 +52,7 @@ pub use dpmpp_3m_sde::DpmSolverPp3MSde;
 pub use driver::{Driver, FiniteCheck, Sampled, Step, StepContext, StepOutput};
 pub use euler::Euler;
 pub use euler_ancestral::EulerAncestral;
-pub use grid::{Grid, Node, Spacing, exponential_sigmas, karras_sigmas, vp_sigmas};
+pub use grid::{Grid, Node, Spacing, check_times, exponential_sigmas, karras_sigmas, vp_sigmas};
 pub use heun::Heun;
 pub use langevin::Langevin;
 pub use noise::{FixedNoise, NoiseSource, PerSampleNoise, RngNoise};

@@ -19,10 +19,17 @@
 //! ```
 //!
 //! The fixed-step solvers step along the schedule's own grid ([`NoiseSchedule::grid`]), so a
-//! schedule decides where the steps go; Dormand–Prince chooses its steps by error control,
+//! schedule decides where the steps go, or along the caller's times
+//! ([`ProbabilityFlow::with_times`]); sampling with them is a [`Step`] on the shared
+//! [`Driver`] ([`ProbabilityFlow::driver`]), like every other sampler's. Dormand–Prince
+//! chooses its steps by error control,
 //! as score_sde does with `scipy.integrate.solve_ivp(method="RK45")`. Within a step the
 //! schedule's `f` and `g` are read strictly inside the step (one-sided limits at its ends), so
 //! a rate that jumps on the grid, as DDPM's does at its integer steps, costs no accuracy.
+//! Encoding (either solver), Dormand–Prince sampling and the likelihood
+//! ([`log_likelihood`](crate::likelihood::log_likelihood)) run the integrators of this module
+//! directly: they run both ways or on an augmented state, which a one-way grid of `x` does not
+//! fit.
 //!
 //! ```
 //! use rand::SeedableRng;
@@ -50,7 +57,11 @@ use burn::tensor::Tensor;
 use rand::RngCore;
 
 use crate::error::{Error, Result, ensure_positive};
-use crate::sampler::{Observer, SampleStep, Sampler, check_finite};
+use crate::sampler::grid::check_times;
+use crate::sampler::{
+    Driver, Grid, Node, NoiseSource, Observer, SampleStep, Sampler, Step, StepContext, StepOutput,
+    check_finite,
+};
 use crate::schedule::NoiseSchedule;
 use crate::score::{NoiseLevel, ScoreModel, check_batch, check_output};
 
@@ -150,19 +161,83 @@ pub struct SolveStats {
 /// Deterministic: the `rng` of [`Sampler::sample`] is never used.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbabilityFlow<S> {
-    /// The noise schedule, which gives `f(t)`, `g(t)`, the time range `[ε, T]` and the grid
-    /// of the fixed-step solvers.
-    pub schedule: S,
-    /// The ODE solver.
-    pub solver: OdeSolver,
+    schedule: S,
+    solver: OdeSolver,
+    /// The caller's grid `t₀ > … > t_N` of a fixed-step solver; `None`: the schedule's.
+    times: Option<Vec<f64>>,
 }
 
 impl<S: NoiseSchedule> ProbabilityFlow<S> {
-    /// The probability-flow sampler of `schedule`; errors if the solver's parameters are
-    /// invalid (see [`OdeSolver::validate`]).
+    /// The probability-flow sampler of `schedule`; a fixed-step solver steps along
+    /// `schedule.grid(steps + 1)`. Errors if the solver's parameters are invalid (see
+    /// [`OdeSolver::validate`]).
     pub fn new(schedule: S, solver: OdeSolver) -> Result<Self> {
         solver.validate()?;
-        Ok(ProbabilityFlow { schedule, solver })
+        Ok(ProbabilityFlow { schedule, solver, times: None })
+    }
+
+    /// The same fixed-step sampler on the caller's times `t₀ > t₁ > … > t_N` (sampling runs
+    /// from `t₀` to `t_N`, encoding back; `N` steps, whatever the solver's `steps` said).
+    ///
+    /// Errors with [`Error::InvalidParameter`] for Dormand–Prince (it chooses its own steps),
+    /// fewer than two times, a time that is not finite or outside the schedule's
+    /// `time_range()`, or times that do not strictly decrease.
+    pub fn with_times(self, times: &[f64]) -> Result<Self> {
+        let steps = times.len().saturating_sub(1);
+        let solver = match self.solver {
+            OdeSolver::Euler { .. } => OdeSolver::Euler { steps },
+            OdeSolver::Heun { .. } => OdeSolver::Heun { steps },
+            OdeSolver::Rk4 { .. } => OdeSolver::Rk4 { steps },
+            OdeSolver::DormandPrince { .. } => {
+                let reason = "is adaptive and chooses its own steps; a time grid is for \
+                              Euler, Heun and RK4";
+                return Err(Error::invalid("solver", "Dormand–Prince", reason));
+            }
+        };
+        check_times(&self.schedule, times)?;
+        Ok(ProbabilityFlow { solver, times: Some(times.to_vec()), ..self })
+    }
+
+    /// The noise schedule, which gives `f(t)`, `g(t)`, the time range `[ε, T]` and the grid
+    /// of the fixed-step solvers.
+    pub fn schedule(&self) -> &S {
+        &self.schedule
+    }
+
+    /// The ODE solver.
+    pub fn solver(&self) -> OdeSolver {
+        self.solver
+    }
+
+    /// The times `t₀ = T > … > t_N` a fixed-step solver steps along: the caller's
+    /// ([`with_times`](Self::with_times)) or `schedule.grid(steps + 1)`.
+    ///
+    /// Errors with [`Error::InvalidParameter`] for Dormand–Prince, which has no fixed grid,
+    /// and whatever [`NoiseSchedule::grid`] returns.
+    pub fn times(&self) -> Result<Vec<f64>> {
+        match (self.solver, &self.times) {
+            (OdeSolver::DormandPrince { .. }, _) => {
+                let reason = "is adaptive: its steps are chosen during the solve";
+                Err(Error::invalid("solver", "Dormand–Prince", reason))
+            }
+            (_, Some(times)) => Ok(times.clone()),
+            (
+                OdeSolver::Euler { steps } | OdeSolver::Heun { steps } | OdeSolver::Rk4 { steps },
+                _,
+            ) => {
+                self.solver.validate()?;
+                self.schedule.grid(steps + 1)
+            }
+        }
+    }
+
+    /// The driver that samples with a fixed-step solver: this sampler's [`Step`] on the grid
+    /// of [`times`](Self::times).
+    ///
+    /// Errors as [`times`](Self::times).
+    pub fn driver(&self) -> Result<Driver<&Self>> {
+        let nodes = self.times()?.iter().map(|&t| Node::at(&self.schedule, t)).collect();
+        Ok(Driver::new(self, Grid::from_nodes(nodes)?))
     }
 
     /// The ODE's velocity `f̃(x, t) = f(t)·x − ½ g(t)² s(x, t)` at one time for a batch `x`.
@@ -237,6 +312,17 @@ impl<S: NoiseSchedule> ProbabilityFlow<S> {
     ) -> Result<(Tensor<D>, SolveStats)> {
         self.solver.validate()?;
         check_input(model.sample_shape().as_deref(), &x, &self.schedule, "probability flow")?;
+        let fixed = !matches!(self.solver, OdeSolver::DormandPrince { .. });
+        if fixed && direction == Direction::ToData {
+            let out = self.driver()?.run(model, x, &mut Deterministic, observer)?;
+            let stats = SolveStats {
+                score_evaluations: out.evaluations,
+                steps: out.steps,
+                rejected_steps: 0,
+            };
+            return Ok((out.x, stats));
+        }
+        let times = if fixed { Some(self.times()?) } else { None };
         let shape = x.dims();
         let [b, n] = flat_dims(&shape);
         let rhs = |at: Stage, y: Tensor<2>| -> Result<Tensor<2>> {
@@ -247,14 +333,71 @@ impl<S: NoiseSchedule> ProbabilityFlow<S> {
             let sigma = self.schedule.marginal(t).std;
             observer.on_step(&SampleStep { step, total, t, sigma, x: &x, denoised: None })
         };
-        let (y, stats) =
-            integrate(&self.solver, &self.schedule, direction, x.reshape([b, n]), rhs, on_step)?;
+        let (y, stats) = integrate(
+            &self.solver,
+            &self.schedule,
+            times.as_deref(),
+            direction,
+            x.reshape([b, n]),
+            rhs,
+            on_step,
+        )?;
         Ok((y.reshape(shape), stats))
     }
 }
 
+/// Step `i` of a fixed-step solver, from `t = tᵢ` to `tᵢ₊₁` (`h = tᵢ₊₁ − tᵢ < 0`), on
+/// `x = m(t)·x̃`: one Euler, Heun or RK4 step of `dx/dt = f(t)·x − ½ g(t)² s(x, t)` (the
+/// formulas in the module documentation), the first stage's score giving the denoised
+/// estimate `x̂₀ = (x + σ²·s)/m`. Dormand–Prince is no step: it errors here.
+impl<S: NoiseSchedule, const D: usize> Step<D> for ProbabilityFlow<S> {
+    type State = ();
+
+    fn name(&self) -> &'static str {
+        "probability-flow ODE"
+    }
+
+    fn step(
+        &self,
+        i: usize,
+        x: Tensor<D>,
+        ctx: &mut StepContext<'_, D>,
+        _: &mut (),
+    ) -> Result<StepOutput<D>> {
+        let (node, next) = (ctx.node(i), ctx.node(i + 1));
+        let (t, h) = (node.t, next.t - node.t);
+        let s = ctx.score(&x, node)?;
+        let denoised = x.clone() + s.clone().mul_scalar(node.sigma * node.sigma / node.scale);
+        let y = x.mul_scalar(node.scale);
+        let k1 = velocity_from_score(
+            &self.schedule,
+            y.clone(),
+            s,
+            Stage::of_step(t, h, 0.0).coefficient_t,
+        );
+        let mut f = |at: Stage, y: Tensor<D>| -> Result<Tensor<D>> {
+            let stage = Node::at(&self.schedule, at.t);
+            let s = ctx.score(&y.clone().div_scalar(stage.scale), stage)?;
+            Ok(velocity_from_score(&self.schedule, y, s, at.coefficient_t))
+        };
+        let y = fixed_step(&self.solver, &mut f, t, h, y, k1)?;
+        Ok(StepOutput { x: y.div_scalar(next.scale), denoised })
+    }
+}
+
+/// The noise source of a deterministic solve: the probability-flow step draws none.
+struct Deterministic;
+
+impl<const D: usize> NoiseSource<D> for Deterministic {
+    fn standard_normal(&mut self, _like: &Tensor<D>) -> Result<Tensor<D>> {
+        let reason = "the probability-flow ODE is deterministic";
+        Err(Error::invalid("noise", "requested", reason))
+    }
+}
+
 impl<M: ScoreModel<D>, S: NoiseSchedule, const D: usize> Sampler<M, D> for ProbabilityFlow<S> {
-    /// Integrates the probability-flow ODE from `T` to `ε`; `rng` is not used.
+    /// Integrates the probability-flow ODE from `T` to `ε` (a fixed-step solver on
+    /// [`ProbabilityFlow::driver`]); `rng` is not used.
     fn sample(
         &self,
         model: &M,
@@ -338,10 +481,12 @@ impl Stage {
 
 /// Integrates `dy/dt = rhs(stage, y)` for a flattened batch `y` (shape `[B, n]`) across the
 /// schedule's time range in `direction`, calling `on_step(step, total, t, y)` after every
-/// accepted step and checking that the state stays finite.
+/// accepted step and checking that the state stays finite. A fixed-step solver steps along
+/// `times` (largest first; reversed to encode), or `schedule.grid(steps + 1)` if `None`.
 pub(crate) fn integrate<S, F, O>(
     solver: &OdeSolver,
     schedule: &S,
+    times: Option<&[f64]>,
     direction: Direction,
     y0: Tensor<2>,
     mut rhs: F,
@@ -377,18 +522,19 @@ where
     if steps == 0 {
         return Err(Error::invalid("steps", steps, "an ODE solver needs ≥ 1 step"));
     }
-    let mut grid = schedule.grid(steps + 1)?;
+    let mut grid = match times {
+        Some(times) => times.to_vec(),
+        None => schedule.grid(steps + 1)?,
+    };
+    let steps = grid.len() - 1;
     if direction == Direction::ToPrior {
         grid.reverse();
     }
     let mut y = y0;
     for (i, w) in grid.windows(2).enumerate() {
         let (t, h) = (w[0], w[1] - w[0]);
-        y = match *solver {
-            OdeSolver::Euler { .. } => euler_step(&mut f, t, h, y)?,
-            OdeSolver::Heun { .. } => heun_step(&mut f, t, h, y)?,
-            _ => rk4_step(&mut f, t, h, y)?,
-        };
+        let k1 = f(Stage::of_step(t, h, 0.0), y.clone())?;
+        y = fixed_step(solver, &mut f, t, h, y, k1)?;
         check_finite(&y, || format!("probability-flow ODE step {i} (t = {})", w[1]))?;
         if on_step(i, steps, w[1], &y).is_break() {
             stats.steps = i + 1;
@@ -400,40 +546,46 @@ where
 }
 
 /// `y + h Σ cᵢ kᵢ`, skipping zero coefficients.
-fn combine(y: &Tensor<2>, h: f64, terms: &[(f64, &Tensor<2>)]) -> Tensor<2> {
+fn combine<const D: usize>(y: &Tensor<D>, h: f64, terms: &[(f64, &Tensor<D>)]) -> Tensor<D> {
     terms
         .iter()
         .filter(|(c, _)| *c != 0.0)
         .fold(y.clone(), |acc, (c, k)| acc.add((*k).clone().mul_scalar(h * c)))
 }
 
-fn euler_step<F>(f: &mut F, t: f64, h: f64, y: Tensor<2>) -> Result<Tensor<2>>
+/// One Euler, Heun or RK4 step of `dy/dt = F(t, y)` from `t` to `t + h`, given
+/// `k₁ = F(t, y)`. Errors with [`Error::InvalidParameter`] for Dormand–Prince, which is not a
+/// fixed-step solver.
+fn fixed_step<F, const D: usize>(
+    solver: &OdeSolver,
+    f: &mut F,
+    t: f64,
+    h: f64,
+    y: Tensor<D>,
+    k1: Tensor<D>,
+) -> Result<Tensor<D>>
 where
-    F: FnMut(Stage, Tensor<2>) -> Result<Tensor<2>>,
-{
-    let k1 = f(Stage::of_step(t, h, 0.0), y.clone())?;
-    Ok(combine(&y, h, &[(1.0, &k1)]))
-}
-
-fn heun_step<F>(f: &mut F, t: f64, h: f64, y: Tensor<2>) -> Result<Tensor<2>>
-where
-    F: FnMut(Stage, Tensor<2>) -> Result<Tensor<2>>,
-{
-    let k1 = f(Stage::of_step(t, h, 0.0), y.clone())?;
-    let k2 = f(Stage::of_step(t, h, 1.0), combine(&y, h, &[(1.0, &k1)]))?;
-    Ok(combine(&y, h, &[(0.5, &k1), (0.5, &k2)]))
-}
-
-fn rk4_step<F>(f: &mut F, t: f64, h: f64, y: Tensor<2>) -> Result<Tensor<2>>
-where
-    F: FnMut(Stage, Tensor<2>) -> Result<Tensor<2>>,
+    F: FnMut(Stage, Tensor<D>) -> Result<Tensor<D>>,
 {
     let at = |c: f64| Stage::of_step(t, h, c);
-    let k1 = f(at(0.0), y.clone())?;
-    let k2 = f(at(0.5), combine(&y, h, &[(0.5, &k1)]))?;
-    let k3 = f(at(0.5), combine(&y, h, &[(0.5, &k2)]))?;
-    let k4 = f(at(1.0), combine(&y, h, &[(1.0, &k3)]))?;
-    Ok(combine(&y, h, &[(1.0 / 6.0, &k1), (1.0 / 3.0, &k2), (1.0 / 3.0, &k3), (1.0 / 6.0, &k4)]))
+    match solver {
+        OdeSolver::Euler { .. } => Ok(combine(&y, h, &[(1.0, &k1)])),
+        OdeSolver::Heun { .. } => {
+            let k2 = f(at(1.0), combine(&y, h, &[(1.0, &k1)]))?;
+            Ok(combine(&y, h, &[(0.5, &k1), (0.5, &k2)]))
+        }
+        OdeSolver::Rk4 { .. } => {
+            let k2 = f(at(0.5), combine(&y, h, &[(0.5, &k1)]))?;
+            let k3 = f(at(0.5), combine(&y, h, &[(0.5, &k2)]))?;
+            let k4 = f(at(1.0), combine(&y, h, &[(1.0, &k3)]))?;
+            let w = [(1.0 / 6.0, &k1), (1.0 / 3.0, &k2), (1.0 / 3.0, &k3), (1.0 / 6.0, &k4)];
+            Ok(combine(&y, h, &w))
+        }
+        OdeSolver::DormandPrince { .. } => {
+            let reason = "is adaptive: it has no fixed step";
+            Err(Error::invalid("solver", "Dormand–Prince", reason))
+        }
+    }
 }
 
 /// The Dormand–Prince nodes `cᵢ`.

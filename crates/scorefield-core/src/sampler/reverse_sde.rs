@@ -42,6 +42,7 @@ use burn::tensor::Tensor;
 use rand::RngCore;
 
 use crate::error::{Error, Result, ensure_positive};
+use crate::sampler::grid::check_times;
 use crate::sampler::{Driver, Grid, Node, Observer, Sampler, Step, StepContext, StepOutput};
 use crate::schedule::NoiseSchedule;
 use crate::score::ScoreModel;
@@ -147,11 +148,25 @@ impl<S: NoiseSchedule> ReverseSde<S> {
         Grid::from_nodes(times.iter().map(|&t| Node::at(&schedule, t)).collect())?; // σ̃ ↓
         let family = Family::of(&schedule, &times);
         if predictor == Predictor::Ancestral && family == Family::Other {
-            let reason = "needs a variance-exploding (m = 1) or variance-preserving \
-                          (m² + σ² = 1) schedule";
-            return Err(Error::invalid("predictor", "Ancestral", reason));
+            return Err(ancestral_needs_ve_or_vp());
         }
         Ok(Self { schedule, predictor, corrector, times, denoise: true, family })
+    }
+
+    /// The same sampler on the caller's times `t₀ > t₁ > … > t_N` instead of
+    /// `schedule.grid(N + 1)` (`N` steps).
+    ///
+    /// Errors with [`Error::InvalidParameter`] for fewer than two times, a time that is not
+    /// finite or outside the schedule's `time_range()`, times that do not strictly decrease,
+    /// or (for [`Predictor::Ancestral`]) a schedule that is neither variance exploding nor
+    /// variance preserving on them.
+    pub fn with_times(self, times: &[f64]) -> Result<Self> {
+        check_times(&self.schedule, times)?;
+        let family = Family::of(&self.schedule, times);
+        if self.predictor == Predictor::Ancestral && family == Family::Other {
+            return Err(ancestral_needs_ve_or_vp());
+        }
+        Ok(Self { times: times.to_vec(), family, ..self })
     }
 
     /// The same sampler, returning the mean of the last predictor step (`true`) or the noisy
@@ -304,6 +319,11 @@ impl<S: NoiseSchedule, M: ScoreModel<D>, const D: usize> Sampler<M, D> for Rever
     ) -> Result<Tensor<D>> {
         self.driver()?.sample(model, init, rng, observer)
     }
+}
+
+fn ancestral_needs_ve_or_vp() -> Error {
+    let reason = "needs a variance-exploding (m = 1) or variance-preserving (m² + σ² = 1) schedule";
+    Error::invalid("predictor", "Ancestral", reason)
 }
 
 /// `mean_b ‖x_b‖`: the Euclidean norm of each sample of a batch, averaged over the batch.
