@@ -258,8 +258,7 @@ fn load_toy_2d(dir: &Path, device: &Device) -> Option<(ScoreMlp, GeometricSigmas
             println!("{}: run.json and the checkpoint disagree", dir.display());
             return Ok(None);
         }
-        let config = ScoreMlpConfig::load_binary(saved.model_config.as_bytes())?;
-        let trainer = Trainer::load(&checkpoint, config.init(device), &saved.model_config)?;
+        let (trainer, _) = Trainer::resume::<ScoreMlpConfig>(&checkpoint, device)?;
         let levels = GeometricSigmas::new(info.sigma_min, info.sigma_max, info.levels)?;
         println!(
             "loaded toy_2d's model ({} steps, σ from {} to {} in {} levels) from {}",
@@ -300,7 +299,7 @@ fn train(
         .with_seed(seed)
         .with_batch_size(256);
     let objective = DenoisingScoreMatching::multi_scale(&levels, levels.levels())?;
-    let mut trainer = Trainer::new(model_config.init(device), model_config.to_string(), config)?;
+    let mut trainer = Trainer::from_config(&model_config, config, device)?;
     let bar = bar(steps, "training {bar:30} {pos}/{len} steps, loss {msg} [{elapsed} < {eta}]");
     let start = Instant::now();
     for _ in 0..steps {

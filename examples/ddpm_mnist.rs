@@ -69,7 +69,8 @@ use scorefield::data::image::grid;
 use scorefield::data::mnist::Mnist;
 use scorefield::data::quality::{self, MnistClassifier, QualityReport};
 use scorefield::nn::{
-    Checkpoints, FitError, NcsnUnet, NcsnUnetConfig, Progress, StepReport, Trainer, TrainerConfig,
+    Checkpoints, EpsilonPredictionConfig, FitError, NcsnUnet, NcsnUnetConfig, Progress,
+    SigmaTildeConfig, StepReport, Trainer, TrainerConfig,
 };
 use scorefield::objective::{EpsilonElbo, ModelVariance};
 use scorefield::param::{EpsilonPrediction, SigmaTilde};
@@ -206,14 +207,12 @@ fn run() -> cli::AnyResult<()> {
     );
 
     let ddpm = Ddpm::new(BetaSchedule::linear(), 1000)?;
-    let unet = NcsnUnetConfig::new().with_width(args.width);
     let checkpoint = args.out.join("checkpoint");
     // The parameterisation is part of the configuration: a checkpoint of another one (this
     // example's before it used `scorefield::param`) is refused by name, not misread.
-    let model_config = format!(r#"{{"parameterisation":"epsilon, sigma-tilde","unet":{unet}}}"#);
-    let fresh = EpsilonPrediction { net: SigmaTilde { net: unet.init(&device) } };
+    type Config = EpsilonPredictionConfig<SigmaTildeConfig<NcsnUnetConfig>>;
     let mut trainer = if args.resume {
-        let trainer = Trainer::load(&checkpoint, fresh, &model_config)?;
+        let (trainer, _) = Trainer::resume::<Config>(&checkpoint, &device)?;
         println!("resumed from {} at step {}", checkpoint.display(), trainer.steps());
         trainer
     } else {
@@ -224,7 +223,8 @@ fn run() -> cli::AnyResult<()> {
             .with_ema_decay(args.ema_decay)
             .with_batch_size(args.batch_size)
             .with_seed(args.seed);
-        Trainer::new(fresh, model_config, config)?
+        let unet = NcsnUnetConfig::new().with_width(args.width);
+        Trainer::from_config(&Config::new(SigmaTildeConfig::new(unet)), config, &device)?
     };
     println!(
         "ε-U-Net of width {} ({} parameters); {}",

@@ -33,7 +33,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use burn::config::Config;
 use burn::tensor::{Device, Tensor};
 use clap::Parser;
 use rand::Rng;
@@ -41,7 +40,7 @@ use rand::rngs::StdRng;
 use scorefield::data::mnist::{Mnist, MnistError};
 use scorefield::data::quality::{self, MnistClassifier};
 use scorefield::nn::{
-    Checkpoints, NcsnUnet, NcsnUnetConfig, Progress, Trainer, TrainerConfig, read_checkpoint,
+    Checkpoints, NcsnUnet, NcsnUnetConfig, PreconditionedConfig, Progress, Trainer, TrainerConfig,
 };
 use scorefield::objective::DenoisingScoreMatching;
 use scorefield::param::Preconditioned;
@@ -128,14 +127,14 @@ fn train(
         Some(trainer) => trainer,
         None => {
             device.seed(args.seed);
-            let model_config = NcsnUnetConfig::new().with_width(args.width);
-            let model = Preconditioned::new(model_config.init(device), SIGMA_DATA)?;
+            let unet = NcsnUnetConfig::new().with_width(args.width);
+            let model_config = PreconditionedConfig::new(unet, SIGMA_DATA)?;
             let config = TrainerConfig::new()
                 .with_learning_rate(args.lr)
                 .with_ema_decay(args.ema_decay)
                 .with_batch_size(args.batch_size)
                 .with_seed(args.seed);
-            Trainer::new(model, model_config.to_string(), config)?
+            Trainer::from_config(&model_config, config, device)?
         }
     };
     let objective = DenoisingScoreMatching::edm(-1.2, 1.2, SIGMA_DATA)?;
@@ -167,10 +166,7 @@ fn train(
 }
 
 fn load(dir: &Path, device: &Device) -> AnyResult<Trainer<Model>> {
-    let info = read_checkpoint(dir)?;
-    let model_config = NcsnUnetConfig::load_binary(info.model_config.as_bytes())?;
-    let model = Preconditioned::new(model_config.init(device), SIGMA_DATA)?;
-    let trainer = Trainer::load(dir, model, &info.model_config)?;
+    let (trainer, _) = Trainer::resume::<PreconditionedConfig<NcsnUnetConfig>>(dir, device)?;
     println!("loaded the checkpoint of step {} from {}", trainer.steps(), dir.display());
     Ok(trainer)
 }

@@ -42,7 +42,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use burn::config::Config;
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -54,7 +53,7 @@ use scorefield::data::quality::{self, MnistClassifier};
 use scorefield::nn::train::every as fit_every;
 use scorefield::nn::{
     Callback, Checkpoints, FitError, LossCsv, NcsnUnet, NcsnUnetConfig, Progress, StepReport,
-    Trainer, TrainerConfig, read_checkpoint,
+    Trainer, TrainerConfig,
 };
 use scorefield::objective::DenoisingScoreMatching;
 use scorefield::sampler::{AnnealedLangevin, SampleStep, Sampler};
@@ -230,7 +229,7 @@ fn run(args: Args) -> AnyResult<()> {
     println!("backend: {} ({device:?}); output: {}", args.backend, args.out.display());
 
     if args.sample_only {
-        let trainer = load_trainer(&checkpoints, &device)?;
+        let (trainer, _) = load_trainer(&checkpoints, &device)?;
         println!(
             "loaded the checkpoint of step {} from {}",
             trainer.steps(),
@@ -252,7 +251,7 @@ fn run(args: Args) -> AnyResult<()> {
     println!("MNIST: {} {} images", data.len(), split_name(data.split));
 
     let mut trainer = if args.resume {
-        let trainer = load_trainer(&checkpoints, &device)?;
+        let (trainer, model_config) = load_trainer(&checkpoints, &device)?;
         let config = trainer.config();
         println!(
             "resuming at step {} (batch {}, lr {}, EMA {}, seed {} from the checkpoint)",
@@ -262,7 +261,6 @@ fn run(args: Args) -> AnyResult<()> {
             config.ema_decay,
             config.seed
         );
-        let model_config = NcsnUnetConfig::load_binary(trainer.model_config().as_bytes())?;
         let ignored = [
             ("--batch-size", args.batch_size.is_some_and(|b| b != config.batch_size)),
             ("--lr", args.lr.is_some_and(|lr| lr != config.learning_rate)),
@@ -278,13 +276,12 @@ fn run(args: Args) -> AnyResult<()> {
         let model_config = NcsnUnetConfig::new().with_width(settings.width);
         let seed = args.seed.unwrap_or(0);
         device.seed(seed);
-        let model = model_config.init(&device);
         let config = TrainerConfig::new()
             .with_learning_rate(settings.learning_rate)
             .with_ema_decay(settings.ema_decay)
             .with_batch_size(settings.batch_size)
             .with_seed(seed);
-        Trainer::new(model, model_config.to_string(), config)?
+        Trainer::from_config(&model_config, config, &device)?
     };
     let (batch_size, seed) = (trainer.config().batch_size, trainer.config().seed);
     println!(
@@ -448,12 +445,11 @@ fn load_data(args: &Args, download: bool) -> AnyResult<Mnist> {
 }
 
 /// The trainer saved in `dir`, its model rebuilt from the saved configuration.
-fn load_trainer(dir: &Path, device: &Device) -> AnyResult<Trainer<NcsnUnet>> {
-    let info = read_checkpoint(dir).map_err(|e| {
+fn load_trainer(dir: &Path, device: &Device) -> AnyResult<(Trainer<NcsnUnet>, NcsnUnetConfig)> {
+    Trainer::resume::<NcsnUnetConfig>(dir, device).map_err(|e| {
         format!("{e}\nhint: train first (without --resume or --sample-only), or pass the --out of that run")
-    })?;
-    let model_config = NcsnUnetConfig::load_binary(info.model_config.as_bytes())?;
-    Ok(Trainer::load(dir, model_config.init(device), &info.model_config)?)
+            .into()
+    })
 }
 
 /// Draws `args.samples` digits with annealed Langevin dynamics from U[0, 1] noise (as NCSN)

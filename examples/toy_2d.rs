@@ -250,8 +250,7 @@ fn train(
         .with_seed(args.seed)
         .with_batch_size(args.batch_size);
     let objective = make_objective::<ScoreMlp>(args.objective, levels)?;
-    let model = model_config.init(device);
-    let mut trainer = Trainer::new(model, model_config.to_string(), config)?;
+    let mut trainer = Trainer::from_config(&model_config, config, device)?;
     let mut log = LossLog::new(&if dsm { levels.sigmas() } else { Vec::new() })?;
     let log_every = (args.steps / 200).max(1);
     let bar = progress(args.steps, "{bar:30} {pos}/{len} steps, loss {msg} [{elapsed} < {eta}]");

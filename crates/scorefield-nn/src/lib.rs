@@ -23,8 +23,10 @@ pub use dual::Dual;
 pub use layers::DualForward;
 pub use mlp::{Activation, Conditioning, ScoreMlp, ScoreMlpConfig};
 pub use train::{
-    Callback, CheckpointError, CheckpointInfo, Checkpoints, EmaWarmup, FitError, FitSummary,
-    LossCsv, LossLog, LossRow, Progress, StepReport, Trainer, TrainerConfig, read_checkpoint,
+    Callback, CheckpointError, CheckpointInfo, Checkpoints, DataPredictionConfig, EmaWarmup,
+    EpsilonPredictionConfig, FitError, FitSummary, LossCsv, LossLog, LossRow, ModelConfig,
+    PreconditionedConfig, Progress, ScorePredictionConfig, SigmaTildeConfig, StepReport, Trainer,
+    TrainerConfig, VPredictionConfig, read_checkpoint,
 };
 pub use unet::{NcsnUnet, NcsnUnetConfig};
 

@@ -51,6 +51,12 @@
 //! [`CheckpointError`], never a panic, and no file is touched. One process writes to a
 //! checkpoint directory at a time.
 //!
+//! A trainer is tied to its model's configuration ([`ModelConfig`]: the networks' Burn
+//! configs and the parameterisations' wrappers of them): [`Trainer::from_config`] builds the
+//! model from it, and [`Trainer::resume`] rebuilds the model from the configuration a
+//! checkpoint stored, so a checkpoint of another architecture or parameterisation is a
+//! typed [`CheckpointError::Mismatch`].
+//!
 //! ```
 //! use scorefield_core::analytic::GaussianMixture;
 //! use scorefield_core::objective::DenoisingScoreMatching;
@@ -60,9 +66,8 @@
 //! let device = scorefield_core::device("flex")?;
 //! let data = GaussianMixture::new(&[0.5, 0.5], &[vec![-1.0, 0.0], vec![1.0, 0.0]], &[0.2, 0.2])?;
 //! let model_config = ScoreMlpConfig::new(2).with_hidden(32).with_layers(2);
-//! let model = model_config.init(&device);
 //! let config = TrainerConfig::new().with_batch_size(64).with_grad_clip_norm(Some(1.0));
-//! let mut trainer = Trainer::new(model, model_config.to_string(), config)?;
+//! let mut trainer = Trainer::from_config(&model_config, config, &device)?;
 //! let objective = DenoisingScoreMatching::multi_scale(&GeometricSigmas::ncsn(), 10)?;
 //! for _ in 0..3 {
 //!     let batch = data.sample(64, &device, &mut trainer.batch_rng());
@@ -78,6 +83,7 @@
 mod checkpoint;
 mod fit;
 mod loss_log;
+mod model_config;
 mod params;
 #[cfg(test)]
 mod tests;
@@ -86,4 +92,8 @@ mod trainer;
 pub use checkpoint::{CheckpointError, CheckpointInfo, read_checkpoint};
 pub use fit::{Callback, Checkpoints, Every, FitError, FitSummary, LossCsv, Progress, every};
 pub use loss_log::{LossLog, LossRow};
+pub use model_config::{
+    DataPredictionConfig, EpsilonPredictionConfig, ModelConfig, PreconditionedConfig,
+    ScorePredictionConfig, SigmaTildeConfig, VPredictionConfig,
+};
 pub use trainer::{EmaWarmup, StepReport, Trainer, TrainerConfig};
