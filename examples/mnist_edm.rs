@@ -40,7 +40,8 @@ use rand::rngs::StdRng;
 use scorefield::data::mnist::{Mnist, MnistError};
 use scorefield::data::quality::{self, MnistClassifier};
 use scorefield::nn::{
-    Checkpoints, NcsnUnet, NcsnUnetConfig, PreconditionedConfig, Progress, Trainer, TrainerConfig,
+    CheckpointError, Checkpoints, ModelConfig, NcsnUnet, NcsnUnetConfig, PreconditionedConfig,
+    Progress, Trainer, TrainerConfig, read_checkpoint,
 };
 use scorefield::objective::DenoisingScoreMatching;
 use scorefield::param::Preconditioned;
@@ -166,7 +167,17 @@ fn train(
 }
 
 fn load(dir: &Path, device: &Device) -> AnyResult<Trainer<Model>> {
-    let (trainer, _) = Trainer::resume::<PreconditionedConfig<NcsnUnetConfig>>(dir, device)?;
+    let trainer = match Trainer::resume::<PreconditionedConfig<NcsnUnetConfig>>(dir, device) {
+        Ok((trainer, _)) => trainer,
+        // This example's first checkpoints stored the bare U-Net's configuration (the
+        // preconditioning, with σ_data = 0.5, was implied): still readable.
+        Err(CheckpointError::Mismatch { what: "model config", .. }) => {
+            let json = read_checkpoint(dir)?.model_config;
+            let unet = NcsnUnetConfig::from_json(&json)?;
+            Trainer::load(dir, Preconditioned::new(unet.init(device), SIGMA_DATA)?, &json)?
+        }
+        Err(e) => return Err(e.into()),
+    };
     println!("loaded the checkpoint of step {} from {}", trainer.steps(), dir.display());
     Ok(trainer)
 }
