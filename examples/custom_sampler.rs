@@ -41,7 +41,8 @@ use scorefield::data::image::Image;
 use scorefield::data::plot::{self, BLUE, Canvas, LIGHT_GREY, ORANGE, RED};
 use scorefield::data::toy;
 use scorefield::nn::{
-    Conditioning, ScoreMlp, ScoreMlpConfig, Trainer, TrainerConfig, read_checkpoint,
+    Conditioning, FitError, Progress, ScoreMlp, ScoreMlpConfig, Trainer, TrainerConfig,
+    read_checkpoint,
 };
 use scorefield::objective::DenoisingScoreMatching;
 use scorefield::sampler::{AnnealedLangevin, OdeSolver, ProbabilityFlow, check_finite};
@@ -300,16 +301,10 @@ fn train(
         .with_batch_size(256);
     let objective = DenoisingScoreMatching::multi_scale(&levels, levels.levels())?;
     let mut trainer = Trainer::from_config(&model_config, config, device)?;
-    let bar = bar(steps, "training {bar:30} {pos}/{len} steps, loss {msg} [{elapsed} < {eta}]");
-    let start = Instant::now();
-    for _ in 0..steps {
-        let batch = data.sample(256, device, &mut trainer.batch_rng());
-        let report = trainer.step(&objective, batch)?;
-        bar.set_message(format!("{:.3}", report.loss));
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    println!("trained a noise-conditional MLP for {steps} DSM steps in {:.1?}", start.elapsed());
+    let mut progress = Progress::new("train", 0, steps);
+    let batch = |rng: &mut StdRng| Ok::<_, FitError>(data.sample(256, device, rng));
+    let summary = trainer.fit(&objective, steps, batch, &mut [&mut progress])?;
+    println!("trained a noise-conditional MLP for {steps} DSM steps in {:.1} s", summary.seconds);
     Ok((trainer.ema().clone(), levels))
 }
 

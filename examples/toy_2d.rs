@@ -48,7 +48,10 @@ use scorefield::analytic::GaussianMixture;
 use scorefield::data::image::Image;
 use scorefield::data::plot::{self, BLUE, Canvas, GREEN, LIGHT_GREY, ORANGE, PlotError, RED};
 use scorefield::data::toy;
-use scorefield::nn::{Conditioning, LossLog, ScoreMlp, ScoreMlpConfig, Trainer, TrainerConfig};
+use scorefield::nn::{
+    Conditioning, FitError, LossLog, Progress, ScoreMlp, ScoreMlpConfig, StepReport, Trainer,
+    TrainerConfig,
+};
 use scorefield::objective::{
     DenoisingScoreMatching, ExactScoreMatching, Projection, SlicedScoreMatching,
 };
@@ -253,24 +256,21 @@ fn train(
     let mut trainer = Trainer::from_config(&model_config, config, device)?;
     let mut log = LossLog::new(&if dsm { levels.sigmas() } else { Vec::new() })?;
     let log_every = (args.steps / 200).max(1);
-    let bar = progress(args.steps, "{bar:30} {pos}/{len} steps, loss {msg} [{elapsed} < {eta}]");
-    let start = Instant::now();
-    for _ in 0..args.steps {
-        let batch = data.sample(args.batch_size, device, &mut trainer.batch_rng());
-        let report = trainer.step(objective.as_ref(), batch)?;
-        log.record(&report);
-        if trainer.steps().is_multiple_of(log_every)
-            && let Some(all) = log.flush(trainer.steps()).last()
-        {
-            bar.set_message(format!("{:.4}", all.mean_loss));
+    let mut progress = Progress::new("train", 0, args.steps);
+    let mut record = |trainer: &Trainer<ScoreMlp>, report: &StepReport| {
+        log.record(report);
+        if trainer.steps().is_multiple_of(log_every) {
+            log.flush(trainer.steps());
         }
-        bar.inc(1);
-    }
+        Ok::<_, FitError>(ControlFlow::Continue(()))
+    };
+    let batch = |rng: &mut StdRng| Ok::<_, FitError>(data.sample(args.batch_size, device, rng));
+    let summary =
+        trainer.fit(objective.as_ref(), args.steps, batch, &mut [&mut progress, &mut record])?;
     log.flush(trainer.steps());
-    bar.finish_and_clear();
     let last =
         log.rows().iter().rev().find(|r| r.level.is_none()).map_or(f64::NAN, |r| r.mean_loss);
-    println!("trained {} steps in {:.1?}, final loss {last:.4}", args.steps, start.elapsed());
+    println!("trained {} steps in {:.1} s, final loss {last:.4}", summary.steps, summary.seconds);
     let dir = args.out.join("checkpoint");
     trainer.save(&dir)?;
     let info = RunInfo {
