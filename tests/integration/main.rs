@@ -22,6 +22,7 @@ mod backends;
 mod common;
 mod device;
 mod fast_samplers;
+mod inpaint;
 mod mnist;
 mod objectives;
 mod ode_likelihood;

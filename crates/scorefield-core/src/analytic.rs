@@ -231,6 +231,57 @@ impl GaussianMixture {
         &self.stds
     }
 
+    /// The exact conditional `p(x_B | x_A = a)` given the coordinates `known = [(i, aᵢ), …]`:
+    /// again a mixture of isotropic Gaussians, over the unknown coordinates `B` (in their
+    /// order), with the same means `μₖ_B` and standard deviations `sₖ`, and the weights
+    ///
+    /// ```text
+    /// wₖ' ∝ wₖ · N(a; μₖ_A, sₖ² I) ∝ wₖ · sₖ^(−|A|) · exp(−‖a − μₖ_A‖² / (2 sₖ²))
+    /// ```
+    ///
+    /// (the components' coordinates are independent, so each factorises over `A` and `B`).
+    ///
+    /// Errors with [`Error::InvalidParameter`] for an index out of range or repeated, a
+    /// non-finite value, no known coordinate or no unknown one left.
+    pub fn conditional(&self, known: &[(usize, f64)]) -> Result<GaussianMixture> {
+        let d = self.dim();
+        let mut is_known = vec![false; d];
+        for &(i, a) in known {
+            if i >= d {
+                return Err(Error::invalid("known coordinate", i, format!("the mixture has {d}")));
+            }
+            if std::mem::replace(&mut is_known[i], true) {
+                return Err(Error::invalid("known coordinate", i, "given twice"));
+            }
+            ensure_finite("known value", a)?;
+        }
+        if known.is_empty() || known.len() == d {
+            let reason = "at least one coordinate must be known and one unknown";
+            return Err(Error::invalid("known coordinates", known.len(), reason));
+        }
+        let log_w: Vec<f64> = (0..self.weights.len())
+            .map(|k| {
+                let s2 = self.stds[k] * self.stds[k];
+                let sq: f64 = known.iter().map(|&(i, a)| (a - self.means[k][i]).powi(2)).sum();
+                self.weights[k].ln() - known.len() as f64 * self.stds[k].ln() - sq / (2.0 * s2)
+            })
+            .collect();
+        let top = log_w.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let weights: Vec<f64> = log_w.iter().map(|l| (l - top).exp()).collect();
+        let means: Vec<Vec<f64>> = self
+            .means
+            .iter()
+            .map(|m| (0..d).filter(|&i| !is_known[i]).map(|i| m[i]).collect())
+            .collect();
+        // Components whose weight underflows to 0 carry no mass: drop them.
+        let keep: Vec<usize> = (0..weights.len()).filter(|&k| weights[k] > 0.0).collect();
+        GaussianMixture::new(
+            &keep.iter().map(|&k| weights[k]).collect::<Vec<_>>(),
+            &keep.iter().map(|&k| means[k].clone()).collect::<Vec<_>>(),
+            &keep.iter().map(|&k| self.stds[k]).collect::<Vec<_>>(),
+        )
+    }
+
     /// `n` samples, shape `[n, d]`, from host randomness, together with the index of the
     /// component each came from; `options` as in [`sample`](Self::sample).
     pub fn sample_with_components<R: Rng + ?Sized>(
