@@ -8,8 +8,9 @@
 //! - [`mlp::ScoreMlp`]: a time-conditioned MLP score network with exact `ScoreJvp`.
 //! - [`unet::NcsnUnet`]: the NCSN-style U-Net for 28×28 images, exact `ScoreJvp`.
 //! - [`embedding`]: the sinusoidal noise-level embedding.
-//! - [`train::Trainer`]: Adam with warm-up, global-norm clipping, an EMA of the weights and
-//!   atomic checkpoints that resume bit for bit.
+//! - [`train::Trainer`]: Adam with a learning-rate schedule (warm-up, then constant, cosine or
+//!   EDM2's inverse square root), global-norm clipping, an EMA of the weights, EDM2's post-hoc
+//!   EMA ([`train::reconstruct`]) and atomic checkpoints that resume bit for bit.
 #![deny(missing_docs)]
 
 pub mod dual;
@@ -24,9 +25,9 @@ pub use layers::DualForward;
 pub use mlp::{Activation, Conditioning, ScoreMlp, ScoreMlpConfig};
 pub use train::{
     Callback, CheckpointError, CheckpointInfo, Checkpoints, DataPredictionConfig, EmaWarmup,
-    EpsilonPredictionConfig, FitError, FitSummary, LossCsv, LossLog, LossRow, ModelConfig,
-    PreconditionedConfig, Progress, ScorePredictionConfig, SigmaTildeConfig, StepReport, Trainer,
-    TrainerConfig, VPredictionConfig, read_checkpoint,
+    EpsilonPredictionConfig, FitError, FitSummary, LossCsv, LossLog, LossRow, LrDecay, ModelConfig,
+    PostHocEma, PreconditionedConfig, Progress, ScorePredictionConfig, SigmaTildeConfig,
+    StepReport, Trainer, TrainerConfig, VPredictionConfig, read_checkpoint,
 };
 pub use unet::{NcsnUnet, NcsnUnetConfig};
 

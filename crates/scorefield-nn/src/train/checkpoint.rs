@@ -13,6 +13,7 @@ use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
 
 use super::params::float_dtype;
+use super::posthoc_ema::PostHocTracker;
 use super::trainer::{Trainer, TrainerConfig, splitmix64};
 
 /// Why a checkpoint could not be written or read.
@@ -54,10 +55,14 @@ pub enum CheckpointError {
         /// How.
         reason: String,
     },
+    /// The request is invalid (a post-hoc EMA length out of range, a snapshot of a trainer
+    /// that tracks none, ...).
+    #[error(transparent)]
+    Invalid(#[from] scorefield_core::Error),
     /// Serialising a record failed while saving.
     #[error("could not serialise {what}: {reason}")]
     Serialise {
-        /// The record (`"model"`, `"ema"`, `"optimizer"`).
+        /// The record (`"model"`, `"ema"`, `"optimizer"`, `"post-hoc ema"`).
         what: &'static str,
         /// Burn's message.
         reason: String,
@@ -78,6 +83,14 @@ pub(super) const EMA_FILE: &str = "ema.bpk";
 pub(super) const OPTIMIZER_FILE: &str = "optimizer.bpk";
 pub(super) const TRAINER_FILE: &str = "trainer.json";
 pub(super) const MODEL_CONFIG_FILE: &str = "model.json";
+/// The files every checkpoint has.
+const REQUIRED_FILES: [&str; 5] =
+    [MODEL_FILE, EMA_FILE, OPTIMIZER_FILE, TRAINER_FILE, MODEL_CONFIG_FILE];
+
+/// The file of post-hoc EMA profile `i` (only with post-hoc EMA on).
+pub(super) fn posthoc_file(i: usize) -> String {
+    format!("posthoc-ema-{i}.bpk")
+}
 
 /// A file of a checkpoint and its integrity data.
 #[derive(Config, Debug)]
@@ -232,7 +245,15 @@ fn read_verified(
         });
     }
     let mut files = HashMap::new();
-    for file in [MODEL_FILE, EMA_FILE, OPTIMIZER_FILE, TRAINER_FILE, MODEL_CONFIG_FILE] {
+    // The required files, then any other the manifest lists (the post-hoc EMA profiles).
+    let listed = manifest.files.iter().map(|e| e.name.as_str());
+    let names: Vec<&str> =
+        REQUIRED_FILES.into_iter().chain(listed.filter(|n| !REQUIRED_FILES.contains(n))).collect();
+    for file in names {
+        if file.contains(['/', '\\']) || file.contains("..") {
+            let reason = format!("lists {file}, which is not a file name");
+            return Err(CheckpointError::Corrupt { path: manifest_path.clone(), reason });
+        }
         let entry = manifest.files.iter().find(|e| e.name == file).ok_or_else(|| {
             CheckpointError::Corrupt {
                 path: manifest_path.clone(),
@@ -273,6 +294,11 @@ fn read_verified(
         path: path.join(TRAINER_FILE),
         reason: e.to_string(),
     })?;
+    let profiles = trainer.posthoc_ema.as_ref().map_or(0, |p| p.sigma_rels.len());
+    if let Some(missing) = (0..profiles).map(posthoc_file).find(|f| !files.contains_key(f)) {
+        let reason = format!("post-hoc EMA is on, but the manifest lists no {missing}");
+        return Err(CheckpointError::Corrupt { path: manifest_path, reason });
+    }
     let model_config = String::from_utf8(files[MODEL_CONFIG_FILE].clone()).map_err(|_| {
         CheckpointError::Corrupt { path: path.join(MODEL_CONFIG_FILE), reason: "not UTF-8".into() }
     })?;
@@ -310,17 +336,21 @@ impl<M: Module> Trainer<M> {
         let model = serialise("model", self.model.valid().into_record().into_bytes())?;
         let ema = serialise("ema", self.ema.clone().into_record().into_bytes())?;
         let optimizer = serialise("optimizer", self.optimizer.into_bytes())?;
-        let contents: [(&str, Vec<u8>); 5] = [
-            (MODEL_FILE, model),
-            (EMA_FILE, ema),
-            (OPTIMIZER_FILE, optimizer),
-            (TRAINER_FILE, config_to_json(&self.config).into_bytes()),
-            (MODEL_CONFIG_FILE, self.model_config.clone().into_bytes()),
+        let mut contents: Vec<(String, Vec<u8>)> = vec![
+            (MODEL_FILE.into(), model),
+            (EMA_FILE.into(), ema),
+            (OPTIMIZER_FILE.into(), optimizer),
+            (TRAINER_FILE.into(), config_to_json(&self.config).into_bytes()),
+            (MODEL_CONFIG_FILE.into(), self.model_config.clone().into_bytes()),
         ];
+        for (i, profile) in self.posthoc_emas().iter().enumerate() {
+            let bytes = serialise("post-hoc ema", profile.clone().into_record().into_bytes())?;
+            contents.push((posthoc_file(i), bytes));
+        }
         let files = contents
             .iter()
             .map(|(name, bytes)| FileEntry {
-                name: (*name).into(),
+                name: name.clone(),
                 len: bytes.len() as u64,
                 fnv1a64: None,
                 sha256: Some(sha256_hex(bytes)),
@@ -422,10 +452,31 @@ impl<M: Module> Trainer<M> {
         let model = model.try_load_record(model_record).map_err(mismatch)?.train();
         let ema = model.valid().try_load_record(ema_record).map_err(mismatch)?;
         let optimizer = info.trainer.adam().load_record(optimizer_record);
+        // A schedule's state is its step count: replayed, not stored.
+        let schedule = info.trainer.lr_schedule(info.step).map_err(|e| {
+            CheckpointError::Corrupt { path: info.path.join(TRAINER_FILE), reason: e.to_string() }
+        })?;
+        let posthoc = match &info.trainer.posthoc_ema {
+            None => None,
+            Some(config) => {
+                let mut tracker = PostHocTracker::new(config, &model).map_err(|e| {
+                    let path = info.path.join(TRAINER_FILE);
+                    CheckpointError::Corrupt { path, reason: e.to_string() }
+                })?;
+                for (i, profile) in tracker.emas.iter_mut().enumerate() {
+                    let file = posthoc_file(i);
+                    let loaded = record(&file, take(&file))?;
+                    *profile = model.valid().try_load_record(loaded).map_err(mismatch)?;
+                }
+                Some(tracker)
+            }
+        };
         Ok(Self {
             model,
             ema,
             optimizer,
+            schedule,
+            posthoc,
             config: info.trainer,
             model_config: info.model_config,
             step: info.step,

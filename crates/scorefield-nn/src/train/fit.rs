@@ -184,7 +184,9 @@ where
 }
 
 /// Saves a checkpoint into `dir` every `k` steps and at the end of the run (unless the
-/// last save was at that step).
+/// last save was at that step), and, when the trainer tracks a post-hoc EMA, a snapshot of
+/// its profiles into `dir/posthoc-ema/` every
+/// [`snapshot_every`](super::PostHocEma::snapshot_every) steps ([`Trainer::save_snapshot`]).
 #[derive(Debug, Clone)]
 pub struct Checkpoints {
     dir: PathBuf,
@@ -217,6 +219,9 @@ impl<M: Module> Callback<M> for Checkpoints {
         trainer: &Trainer<M>,
         _report: &StepReport,
     ) -> Result<ControlFlow<()>, FitError> {
+        if trainer.snapshot_due() {
+            trainer.save_snapshot(&self.dir)?;
+        }
         if self.every > 0 && trainer.steps().is_multiple_of(self.every) {
             self.save(trainer)?;
         }

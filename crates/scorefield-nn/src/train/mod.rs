@@ -1,6 +1,8 @@
-//! Training score models: Adam with a linear learning-rate warm-up, gradient clipping by the
-//! global norm, an exponential moving average (EMA) of the weights, per-noise-level loss logs,
-//! and atomic checkpoints from which a run resumes bit for bit.
+//! Training score models: Adam with a learning-rate schedule (a linear warm-up, then constant,
+//! cosine or EDM2's inverse square root, on burn-optim's schedulers), gradient clipping by the
+//! global norm, an exponential moving average (EMA) of the weights with an optional warm-up,
+//! EDM2's post-hoc EMA, per-noise-level loss logs, and atomic checkpoints from which a run
+//! resumes bit for bit.
 //!
 //! One [`Trainer::step`] on a data batch `x₀`, at step `k = 0, 1, …`:
 //!
@@ -9,23 +11,30 @@
 //! L(θ)    = objective.loss(θ, x₀, rng_k)                     (error, no update, if not finite)
 //! g       = ∇_θ L
 //! g       ← g · min(1, c / ‖g‖₂)                             ‖g‖₂ over all parameters at once
-//! η_k     = η · min(1, (k + 1) / W)                          (η_k = η when W = 0)
+//! η_k     = η̃_k · min(1, (k + 1) / W)                        (η_k = η̃_k when W = 0; η̃_k = η,
+//!                                                            or a decay: schedule.rs)
 //! θ       ← Adam(θ, g, η_k):  m ← β₁m + (1−β₁)g,  v ← β₂v + (1−β₂)g²,
 //!                             θ ← θ − η_k · m̂ / (√v̂ + ε),  m̂ = m/(1−β₁ᵏ⁺¹), v̂ = v/(1−β₂ᵏ⁺¹)
 //! θ_ema   ← d_k · θ_ema + (1 − d_k) · θ                      (θ_ema starts at θ₀; d_k = d, or
 //!                                                            a warm-up to d: EmaWarmup)
+//! θ̂_γ     ← β_t · θ̂_γ + (1 − β_t) · θ,  β_t = (1 − 1/t)^(γ+1),  t = k + 1
+//!                                                            (each post-hoc EMA profile, if on)
 //! ```
 //!
 //! [`Trainer::fit`] is the loop around the step, with callbacks for logging, checkpoints,
 //! progress and early stopping (`fit.rs`). The files: `trainer.rs` (the configuration and the
-//! step), `params.rs` (the visitors over parameters: gradient norm, clipping, EMA),
-//! `checkpoint.rs`, `loss_log.rs`, `fit.rs`.
+//! step), `schedule.rs` (the learning-rate schedules), `params.rs` (the visitors over
+//! parameters: gradient norm, clipping, EMA), `posthoc_ema.rs` (EDM2's post-hoc EMA: the
+//! profiles, their snapshots and the reconstruction), `checkpoint.rs`, `loss_log.rs`,
+//! `fit.rs`.
 //!
 //! The EMA copy lives outside autodiff and is the model to sample from (NCSNv2, DDPM and the
 //! score SDE all sample from it). The random numbers of step `k` (the objective's noise and
 //! levels) come from a generator seeded by `(seed, k)`, and [`Trainer::batch_rng`] gives a
 //! second such stream for drawing the batch itself, so a checkpoint holds the whole state of
-//! the run: the model, the EMA, Adam's moments and step counts, the step counter and the seed.
+//! the run: the model, the EMA, the post-hoc EMA profiles, Adam's moments and step counts,
+//! the step counter and the seed (the learning-rate schedule is a function of the step count,
+//! replayed on load).
 //!
 //! # Checkpoints
 //!
@@ -41,6 +50,10 @@
 //! dir/step-<k>-<id>/optimizer.bpk  Adam's state, keyed by ParamId  (burnpack)
 //! dir/step-<k>-<id>/trainer.json   the TrainerConfig
 //! dir/step-<k>-<id>/model.json     the model's configuration, as given by the caller
+//! dir/step-<k>-<id>/posthoc-ema-<i>.bpk   post-hoc EMA profile i (only with post-hoc EMA on;
+//!                                  a checkpoint without them still reads)
+//! dir/posthoc-ema/                 post-hoc EMA snapshots, kept across checkpoints
+//!                                  (see posthoc_ema.rs and [`reconstruct`])
 //! ```
 //!
 //! A new checkpoint is written into a hidden `.partial-<id>` directory, synced, renamed to
@@ -85,6 +98,8 @@ mod fit;
 mod loss_log;
 mod model_config;
 mod params;
+pub mod posthoc_ema;
+pub mod schedule;
 #[cfg(test)]
 mod tests;
 mod trainer;
@@ -94,6 +109,11 @@ pub use fit::{Callback, Checkpoints, Every, FitError, FitSummary, LossCsv, Progr
 pub use loss_log::{LossLog, LossRow};
 pub use model_config::{
     DataPredictionConfig, EpsilonPredictionConfig, ModelConfig, PreconditionedConfig,
-    ScorePredictionConfig, SigmaTildeConfig, VPredictionConfig,
+    ScorePredictionConfig, SigmaTildeConfig, VPredictionConfig, reconstruct_as,
 };
+pub use posthoc_ema::{
+    PostHocEma, PostHocFit, Profile, Reconstruction, Snapshot, gamma_to_sigma_rel, list_snapshots,
+    reconstruct, sigma_rel_to_gamma, solve_posthoc,
+};
+pub use schedule::{InverseSqrtLr, LinearWarmupLr, LrDecay, LrScheduleState};
 pub use trainer::{EmaWarmup, StepReport, Trainer, TrainerConfig};

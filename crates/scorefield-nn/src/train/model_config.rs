@@ -38,6 +38,7 @@ use scorefield_core::param::{
 use scorefield_core::{Error, Result};
 
 use super::checkpoint::{CheckpointError, read_checkpoint};
+use super::posthoc_ema::{Reconstruction, list_snapshots, reconstruct};
 use super::trainer::{Trainer, TrainerConfig};
 use crate::{NcsnUnet, NcsnUnetConfig, ScoreMlp, ScoreMlpConfig};
 
@@ -123,6 +124,28 @@ impl<M: Module> Trainer<M> {
         let model = model_config.init_model(device).map_err(mismatch)?;
         Ok((Trainer::load(dir, model, &info.model_config)?, model_config))
     }
+}
+
+/// EDM2's post-hoc EMA of relative length `sigma_rel` at `at_step` (default: the last
+/// snapshot's) from the snapshots in `dir` ([`reconstruct`]), the model rebuilt on `device`
+/// from the configuration the snapshots stored, read as a `C`.
+///
+/// Errors with [`CheckpointError::Mismatch`] if the snapshots hold the configuration of
+/// another model type or parameterisation, and otherwise as [`reconstruct`].
+pub fn reconstruct_as<C: ModelConfig>(
+    dir: impl AsRef<std::path::Path>,
+    sigma_rel: f64,
+    at_step: Option<u64>,
+    device: &Device,
+) -> core::result::Result<(Reconstruction<C::Model>, C), CheckpointError> {
+    let dir = dir.as_ref();
+    let snapshots = list_snapshots(dir)?;
+    let json = snapshots.last().map(|s| s.model_config.clone()).unwrap_or_default();
+    let mismatch =
+        |e: Error| CheckpointError::Mismatch { what: "model config", reason: e.to_string() };
+    let model_config = C::from_json(&json).map_err(mismatch)?;
+    let model = model_config.init_model(device).map_err(mismatch)?;
+    Ok((reconstruct(dir, sigma_rel, at_step, model, &json)?, model_config))
 }
 
 /// `EpsilonPredictionConfig<SigmaTildeConfig<NcsnUnetConfig>>` without module paths.
@@ -335,7 +358,9 @@ mod tests {
         let data = Gaussian::isotropic(&[0.5, -1.0], 0.7).unwrap();
         let objective = DenoisingScoreMatching::multi_scale(&GeometricSigmas::ncsn(), 10).unwrap();
         let model_config = ScoreMlpConfig::new(2).with_hidden(16).with_layers(2);
-        let config = TrainerConfig::new().with_batch_size(16).with_seed(5);
+        let posthoc = super::super::PostHocEma::new().with_snapshot_every(2);
+        let config =
+            TrainerConfig::new().with_batch_size(16).with_seed(5).with_posthoc_ema(Some(posthoc));
         let run = |trainer: &mut Trainer<ScoreMlp>, until: u64| -> Vec<u64> {
             let mut losses = Vec::new();
             while trainer.steps() < until {
@@ -344,7 +369,7 @@ mod tests {
             }
             losses
         };
-        let weights = |trainer: &Trainer<ScoreMlp>| -> Vec<u64> {
+        fn weights_of(model: &ScoreMlp) -> Vec<u64> {
             struct Bits(Vec<u64>);
             impl burn::module::ModuleVisitor for Bits {
                 fn visit_float<const D: usize>(
@@ -356,9 +381,10 @@ mod tests {
                 }
             }
             let mut bits = Bits(Vec::new());
-            trainer.ema().visit(&mut bits);
+            model.visit(&mut bits);
             bits.0
-        };
+        }
+        let weights = |trainer: &Trainer<ScoreMlp>| weights_of(trainer.ema());
 
         device.seed(3);
         let mut straight = Trainer::from_config(&model_config, config.clone(), &device).unwrap();
@@ -382,6 +408,19 @@ mod tests {
 
         let err =
             Trainer::resume::<PreconditionedConfig<ScoreMlpConfig>>(&dir, &device).unwrap_err();
+        assert!(matches!(err, CheckpointError::Mismatch { what: "model config", .. }), "{err}");
+
+        // The post-hoc EMA, rebuilt from the snapshots' own configuration, is the one the
+        // caller gets by building the model by hand.
+        resumed.save(&dir).unwrap();
+        resumed.save_snapshot(&dir).unwrap();
+        let (auto, _) = reconstruct_as::<ScoreMlpConfig>(&dir, 0.08, None, &device).unwrap();
+        let json = model_config.to_json();
+        let by_hand = reconstruct(&dir, 0.08, None, model_config.init(&device), &json).unwrap();
+        let (a, b) = (weights_of(&auto.model), weights_of(&by_hand.model));
+        assert!(!a.is_empty() && a == b, "reconstructions differ");
+        let err = reconstruct_as::<PreconditionedConfig<ScoreMlpConfig>>(&dir, 0.08, None, &device)
+            .unwrap_err();
         assert!(matches!(err, CheckpointError::Mismatch { what: "model config", .. }), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -1,5 +1,5 @@
 //! Visitors over a module's parameters: the gradient's global norm and scaling, the EMA
-//! update, the float dtype.
+//! update and linear combinations of modules, the float dtype.
 
 use std::collections::HashMap;
 
@@ -48,7 +48,13 @@ pub(crate) fn scale_grads<M: Module>(model: &M, grads: &mut GradientsParams, fac
 /// `ema ← d·ema + (1 − d)·θ`, parameter by parameter (matched by [`ParamId`]), outside
 /// autodiff.
 pub(super) fn ema_update<M: Module>(model: &M, ema: M, decay: f64) -> M {
-    /// The model's float parameters, flattened, without autodiff.
+    combine(ema, decay, model, 1.0 - decay)
+}
+
+/// `a·x + b·y` parameter by parameter (matched by [`ParamId`]), outside autodiff, in the
+/// dtype and on the device of `x`; `y` may be on the autodiff device.
+pub(super) fn combine<M: Module>(x: M, a: f64, y: &M, b: f64) -> M {
+    /// The module's float parameters, flattened, without autodiff.
     struct Collect(HashMap<ParamId, Tensor<1>>);
     impl ModuleVisitor for Collect {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
@@ -58,28 +64,29 @@ pub(super) fn ema_update<M: Module>(model: &M, ema: M, decay: f64) -> M {
         }
     }
     struct Update {
-        theta: HashMap<ParamId, Tensor<1>>,
-        decay: f64,
+        y: HashMap<ParamId, Tensor<1>>,
+        a: f64,
+        b: f64,
     }
     impl ModuleMapper for Update {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            let (id, ema, mapper) = param.consume();
-            let ema = match self.theta.remove(&id) {
-                Some(theta) => {
-                    let theta = theta.reshape(ema.dims());
-                    ema.mul_scalar(self.decay).add(theta.mul_scalar(1.0 - self.decay))
+            let (id, x, mapper) = param.consume();
+            let x = match self.y.remove(&id) {
+                Some(y) => {
+                    let y = y.reshape(x.dims());
+                    x.mul_scalar(self.a).add(y.mul_scalar(self.b))
                 }
-                None => ema,
+                None => x,
             };
-            Param::from_mapped_value(id, ema, mapper)
+            Param::from_mapped_value(id, x, mapper)
         }
     }
     let mut collect = Collect(HashMap::new());
-    model.visit(&mut collect);
-    let mut update = Update { theta: collect.0, decay };
-    let ema = ema.map(&mut update);
-    debug_assert!(update.theta.is_empty(), "the EMA has the model's parameters");
-    ema
+    y.visit(&mut collect);
+    let mut update = Update { y: collect.0, a, b };
+    let x = x.map(&mut update);
+    debug_assert!(update.y.is_empty(), "both modules have the same parameters");
+    x
 }
 
 /// The float dtype of a module's first parameter, formatted (`"F32"`), or `"none"`.

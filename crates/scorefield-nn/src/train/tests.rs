@@ -119,18 +119,24 @@ fn run(trainer: &mut Trainer<ScoreMlp>, steps: usize, batch: usize, dev: &Device
 fn warm_up_is_linear_then_constant() {
     let _ = device();
     let config = TrainerConfig::new().with_learning_rate(2e-4).with_warmup_steps(4);
-    let lrs: Vec<f64> = (0..6).map(|k| config.learning_rate_at(k)).collect();
+    let lrs: Vec<f64> = (0..6).map(|k| config.learning_rate_at(k).unwrap()).collect();
     for (lr, expected) in lrs.iter().zip([0.5e-4, 1e-4, 1.5e-4, 2e-4, 2e-4, 2e-4]) {
         assert!((lr - expected).abs() < 1e-18, "{lr} vs {expected}");
     }
-    assert_eq!(TrainerConfig::new().learning_rate_at(0), 1e-3);
+    // Bit for bit the rate of the hand-written warm-up that burn-optim's schedulers replaced,
+    // so that runs and checkpoints made before keep their numbers.
+    for (k, lr) in lrs.iter().enumerate() {
+        let before = 2e-4 * ((k + 1) as f64 / 4.0).min(1.0);
+        assert_eq!(lr.to_bits(), before.to_bits(), "step {k}");
+    }
+    assert_eq!(TrainerConfig::new().learning_rate_at(0), Ok(1e-3));
 
     // The steps use it.
     let dev = device();
     let config = config.with_batch_size(8);
     let mut trainer = Trainer::new(mlp_config(8).init(&dev), "{}", config).unwrap();
     for k in 0..5 {
-        assert_eq!(trainer.learning_rate(), trainer.config().learning_rate_at(k));
+        assert_eq!(Ok(trainer.learning_rate()), trainer.config().learning_rate_at(k));
         let x = mixture().sample(8, &dev, &mut trainer.batch_rng());
         let report = trainer.step(&ncsn(), x).unwrap();
         assert_eq!((report.step, report.learning_rate), (k, lrs[k as usize]));
@@ -215,10 +221,14 @@ fn ema_warmups_follow_their_closed_forms() {
     ] {
         assert!(matches!(config(bad).validate(), Err(Error::InvalidParameter { .. })));
     }
-    // A trainer.json written before the warm-up existed still reads, as no warm-up.
+    // A trainer.json written before the warm-up, the decay and post-hoc EMA existed still
+    // reads, as none of them.
     let json = TrainerConfig::new().to_string();
-    let old: String = json.lines().filter(|l| !l.contains("ema_warmup")).collect();
-    assert_ne!(old.len(), json.replace('\n', "").len(), "the field was in the JSON: {json}");
+    let new_fields = ["ema_warmup", "lr_decay", "posthoc_ema"];
+    let old: String = json.lines().filter(|l| !new_fields.iter().any(|f| l.contains(f))).collect();
+    for field in new_fields {
+        assert!(json.contains(field) && !old.contains(field), "{field} in {json}");
+    }
     let old = TrainerConfig::load_binary(old.as_bytes()).unwrap();
     assert_eq!(old, TrainerConfig::new());
 }
@@ -384,31 +394,68 @@ fn dsm_training_approaches_the_optimum_on_a_mixture() {
     assert!(after - optimum < 0.4 * (before - optimum), "excess {before} → {after}");
 }
 
+/// `steps` steps as [`run`] takes them, writing a post-hoc snapshot into `dir` when due.
+fn run_with_snapshots(
+    trainer: &mut Trainer<ScoreMlp>,
+    steps: usize,
+    dev: &Device,
+    dir: &Path,
+) -> Vec<f64> {
+    (0..steps)
+        .map(|_| {
+            let loss = run(trainer, 1, 32, dev)[0];
+            if trainer.snapshot_due() {
+                trainer.save_snapshot(dir).unwrap();
+            }
+            loss
+        })
+        .collect()
+}
+
+/// Every file under `dir/posthoc-ema`, by name, with its bytes.
+fn snapshot_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = fs::read_dir(dir.join(posthoc_ema::SNAPSHOT_DIR))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name().to_string_lossy().into_owned(), fs::read(e.path()).unwrap())
+        })
+        .collect();
+    files.sort();
+    files
+}
+
 #[test]
 fn a_checkpoint_round_trips_and_resumes_bit_identically() {
     let dev = device();
     let dir = scratch("resume");
+    let straight_dir = scratch("resume-straight");
     let model_config = mlp_config(16);
     let json = model_config.to_string();
+    let posthoc = PostHocEma::new().with_snapshot_every(4);
     let config = TrainerConfig::new()
         .with_warmup_steps(3)
+        .with_lr_decay(Some(LrDecay::InverseSqrt { ref_steps: 5 }))
         .with_grad_clip_norm(Some(0.5))
         .with_ema_decay(0.9)
         .with_ema_warmup(Some(EmaWarmup::ScoreSde))
+        .with_posthoc_ema(Some(posthoc))
         .with_seed(11)
         .with_batch_size(32);
     let model = model_config.init(&dev);
 
+    // 20 steps straight, against 10 + save + load + 10.
     let mut straight = Trainer::new(model.clone(), json.clone(), config.clone()).unwrap();
-    let straight_losses = run(&mut straight, 6, 32, &dev);
+    let straight_losses = run_with_snapshots(&mut straight, 20, &dev, &straight_dir);
 
     let mut first = Trainer::new(model, json.clone(), config.clone()).unwrap();
-    let mut losses = run(&mut first, 3, 32, &dev);
+    let mut losses = run_with_snapshots(&mut first, 10, &dev, &dir);
     let path = first.save(&dir).unwrap();
     assert!(path.starts_with(&dir) && path.join(MANIFEST).is_file());
+    assert!(path.join(posthoc_file(1)).is_file() && !path.join(posthoc_file(2)).exists());
 
     let info = read_checkpoint(&dir).unwrap();
-    assert_eq!((info.step, info.seed, info.float_dtype.as_str()), (3, 11, "F64"));
+    assert_eq!((info.step, info.seed, info.float_dtype.as_str()), (10, 11, "F64"));
     assert_eq!(info.trainer, config);
     let rebuilt = ScoreMlpConfig::load_binary(info.model_config.as_bytes()).unwrap();
     assert_eq!(rebuilt.hidden, 16);
@@ -417,18 +464,41 @@ fn a_checkpoint_round_trips_and_resumes_bit_identically() {
     let fresh = rebuilt.init(&dev);
     assert_ne!(bits(&params(&fresh)), bits(&params(first.model())));
     let mut resumed = Trainer::load(&dir, fresh, &json).unwrap();
-    assert_eq!(resumed.steps(), 3);
+    assert_eq!(resumed.steps(), 10);
     assert_eq!(resumed.config(), first.config());
+    assert_eq!(resumed.learning_rate().to_bits(), first.learning_rate().to_bits());
     assert_eq!(bits(&params(resumed.model())), bits(&params(first.model())));
     assert_eq!(bits(&params(resumed.ema())), bits(&params(first.ema())));
+    assert_eq!(resumed.posthoc_emas().len(), 2);
+    for (a, b) in resumed.posthoc_emas().iter().zip(first.posthoc_emas()) {
+        assert_eq!(bits(&params(a)), bits(&params(b)));
+    }
 
-    losses.extend(run(&mut resumed, 3, 32, &dev));
+    losses.extend(run_with_snapshots(&mut resumed, 10, &dev, &dir));
     let loss_bits = |l: &[f64]| l.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(loss_bits(&losses), loss_bits(&straight_losses));
     assert_eq!(bits(&params(resumed.model())), bits(&params(straight.model())));
     assert_eq!(bits(&params(resumed.ema())), bits(&params(straight.ema())));
+    for (a, b) in resumed.posthoc_emas().iter().zip(straight.posthoc_emas()) {
+        assert_eq!(bits(&params(a)), bits(&params(b)));
+        assert_ne!(bits(&params(a)), bits(&params(resumed.ema())), "a profile of its own");
+    }
     assert_eq!(resumed.steps(), straight.steps());
+    // The snapshots (steps 4, 8, …, 20: five, two profiles each) are the same files.
+    let snapshots = snapshot_files(&straight_dir);
+    assert_eq!(snapshots.len(), 15, "{:?}", snapshots.iter().map(|f| &f.0).collect::<Vec<_>>());
+    assert!(snapshot_files(&dir) == snapshots, "the resumed run's snapshots differ");
+
+    // Post-hoc EMA on, but a profile's file missing from the checkpoint: a typed error.
+    let path = resumed.save(&dir).unwrap();
+    let manifest_file = path.join(MANIFEST);
+    let mut manifest = Manifest::load_binary(&fs::read(&manifest_file).unwrap()).unwrap();
+    manifest.files.retain(|e| e.name != posthoc_file(1));
+    fs::write(&manifest_file, config_to_json(&manifest)).unwrap();
+    let err = Trainer::load(&dir, mlp_config(16).init(&dev), &json).unwrap_err();
+    assert!(matches!(err, CheckpointError::Corrupt { .. }), "{err}");
     fs::remove_dir_all(&dir).unwrap();
+    fs::remove_dir_all(&straight_dir).unwrap();
 }
 
 #[test]
@@ -723,9 +793,20 @@ fn version_1_checkpoints_hashed_with_fnv_still_read_and_their_hash_is_checked() 
     assert_eq!(sha, sha256_hex(&fs::read(path.join(&manifest.files[0].name)).unwrap()));
     assert_eq!(sha256_hex(b"abc").get(..16), Some("ba7816bf8f01cfea"), "FIPS 180-2 test vector");
     manifest.version = 1;
+    // And its trainer.json as written before the decay and post-hoc EMA existed.
+    let trainer_file = path.join(TRAINER_FILE);
+    let json = fs::read_to_string(&trainer_file).unwrap();
+    assert!(json.contains("\"lr_decay\": null") && json.contains("\"posthoc_ema\": null"));
+    let old: String = json
+        .lines()
+        .filter(|l| !l.contains("lr_decay") && !l.contains("posthoc_ema"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    fs::write(&trainer_file, old).unwrap();
     for entry in &mut manifest.files {
         let bytes = fs::read(path.join(&entry.name)).unwrap();
-        (entry.sha256, entry.fnv1a64) = (None, Some(fnv1a64(&bytes)));
+        (entry.len, entry.sha256, entry.fnv1a64) =
+            (bytes.len() as u64, None, Some(fnv1a64(&bytes)));
     }
     fs::write(&manifest_file, config_to_json(&manifest)).unwrap();
     let loaded = Trainer::load(&dir, mlp_config(8).init(&dev), "{}").unwrap();
@@ -736,4 +817,238 @@ fn version_1_checkpoints_hashed_with_fnv_still_read_and_their_hash_is_checked() 
     let err = Trainer::load(&dir, mlp_config(8).init(&dev), "{}").unwrap_err();
     assert!(matches!(err, CheckpointError::Corrupt { .. }), "{err}");
     fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn lr_schedules_follow_their_closed_forms() {
+    let _ = device();
+    let close = |got: f64, want: f64, what: &str| {
+        assert!((got - want).abs() <= 1e-14 * want.abs(), "{what}: {got} vs {want}");
+    };
+    let ramp = |k: u64, w: u64| ((k + 1) as f64 / w as f64).min(1.0);
+    // Cosine with warm-up: η_k = min(1, (k+1)/W) · (η_min + ½(η − η_min)(1 + cos(π min(k, N)/N))).
+    let (eta, eta_min, n, w) = (2e-3, 1e-4, 10, 3);
+    let cosine = TrainerConfig::new()
+        .with_learning_rate(eta)
+        .with_warmup_steps(w)
+        .with_lr_decay(Some(LrDecay::Cosine { decay_steps: n, min_learning_rate: eta_min }));
+    for k in [0, 1, 2, 5, 9, 10, 11, 50] {
+        let phase = std::f64::consts::PI * k.min(n) as f64 / n as f64;
+        let want = ramp(k, w) * (eta_min + 0.5 * (eta - eta_min) * (1.0 + phase.cos()));
+        close(cosine.learning_rate_at(k).unwrap(), want, &format!("cosine at {k}"));
+    }
+    assert_eq!(cosine.learning_rate_at(5).unwrap(), 0.5 * (eta + eta_min), "half way");
+    assert_eq!(cosine.learning_rate_at(1000).unwrap(), eta_min, "stays at η_min after N");
+    // EDM2's inverse square root: η_k = min(1, (k+1)/W) · η / √max(k/t_ref, 1).
+    let (eta, t_ref, w) = (1e-2, 20, 5);
+    let inverse = TrainerConfig::new()
+        .with_learning_rate(eta)
+        .with_warmup_steps(w)
+        .with_lr_decay(Some(LrDecay::InverseSqrt { ref_steps: t_ref }));
+    for k in [0, 3, 4, 19, 20, 21, 80, 1000] {
+        let want = ramp(k, w) * eta / (k as f64 / t_ref as f64).max(1.0).sqrt();
+        close(inverse.learning_rate_at(k).unwrap(), want, &format!("inverse sqrt at {k}"));
+    }
+    assert_eq!(inverse.learning_rate_at(80).unwrap(), eta / 2.0, "4 t_ref: η/2");
+    // The trainer's steps use the schedule, and a running schedule equals a replayed one.
+    let dev = device();
+    let config = inverse.with_batch_size(8);
+    let mut trainer = Trainer::new(mlp_config(8).init(&dev), "{}", config.clone()).unwrap();
+    let mut state = config.lr_schedule(0).unwrap();
+    for k in 0..25 {
+        let x = mixture().sample(8, &dev, &mut trainer.batch_rng());
+        let report = trainer.step(&ncsn(), x).unwrap();
+        let want = config.learning_rate_at(k).unwrap();
+        assert_eq!(report.learning_rate.to_bits(), want.to_bits(), "step {k}");
+        assert_eq!(state.advance().to_bits(), want.to_bits());
+    }
+    assert_eq!(state.step(), 25);
+    // Invalid schedules are typed errors.
+    let with = |decay| TrainerConfig::new().with_lr_decay(Some(decay));
+    for config in [
+        with(LrDecay::Cosine { decay_steps: 0, min_learning_rate: 0.0 }),
+        with(LrDecay::Cosine { decay_steps: 10, min_learning_rate: 0.1 }), // above η = 1e-3
+        with(LrDecay::Cosine { decay_steps: 10, min_learning_rate: -1e-4 }),
+        with(LrDecay::Cosine { decay_steps: 10, min_learning_rate: 0.0 }).with_learning_rate(2.0),
+        with(LrDecay::InverseSqrt { ref_steps: 0 }),
+    ] {
+        let err = config.validate().unwrap_err();
+        assert!(matches!(err, Error::InvalidParameter { .. }), "{config:?}: {err}");
+        assert!(config.learning_rate_at(0).is_err());
+        let dev = device();
+        assert!(Trainer::new(mlp_config(8).init(&dev), "{}", config).is_err());
+    }
+}
+
+#[test]
+fn sigma_rel_and_gamma_follow_the_papers_closed_form() {
+    // EDM2 Eq. 3, written out here: σ_rel = (γ+1)^½ (γ+2)^−1 (γ+3)^−½.
+    let sigma = |g: f64| (g + 1.0).sqrt() / ((g + 2.0) * (g + 3.0).sqrt());
+    for gamma in [0.0, 0.5, 1.0, 2.5, 6.94, 16.97, 100.0, 1e4] {
+        let got = sigma_rel_to_gamma(sigma(gamma)).unwrap();
+        assert!((got - gamma).abs() <= 1e-9 * (1.0 + gamma), "γ = {gamma}: {got}");
+        assert!((gamma_to_sigma_rel(gamma) - sigma(gamma)).abs() <= 1e-16);
+    }
+    // The uniform average (γ = 0) has σ_rel = 1/√12, and the paper's two profiles.
+    assert!((sigma_rel_to_gamma(12f64.sqrt().recip()).unwrap()).abs() < 1e-12);
+    assert!((sigma_rel_to_gamma(0.05).unwrap() - 16.97).abs() < 0.01);
+    assert!((sigma_rel_to_gamma(0.10).unwrap() - 6.94).abs() < 0.01);
+    for bad in [0.0, -0.05, 0.31, f64::NAN, f64::INFINITY] {
+        let err = sigma_rel_to_gamma(bad).unwrap_err();
+        assert!(matches!(err, Error::InvalidParameter { .. }), "{bad}: {err}");
+    }
+    for bad in [
+        PostHocEma::new().with_sigma_rels(vec![]),
+        PostHocEma::new().with_sigma_rels(vec![0.05, 0.5]),
+        PostHocEma::new().with_snapshot_every(0),
+    ] {
+        let config = TrainerConfig::new().with_posthoc_ema(Some(bad));
+        assert!(matches!(config.validate(), Err(Error::InvalidParameter { .. })));
+    }
+    // β_t = (1 − 1/t)^(γ+1): β_1 = 0, and with γ = 0 the EMA is the running mean.
+    assert_eq!(posthoc_ema::power_ema_decay(6.94, 1), 0.0);
+    assert_eq!(posthoc_ema::power_ema_decay(0.0, 4), 0.75);
+    // The inner product of two profiles against midpoint quadrature of ∫ p_a p_b.
+    let profile =
+        |t: f64, g: f64, s: f64| if s <= t { (g + 1.0) * s.powf(g) / t.powf(g + 1.0) } else { 0.0 };
+    for (ta, ga, tb, gb) in [(3.0, 2.0, 5.0, 6.94), (5.0, 16.97, 2.0, 0.5), (4.0, 1.0, 4.0, 1.0)] {
+        let m = 200_000;
+        let h = f64::min(ta, tb) / m as f64;
+        let quad: f64 = (0..m)
+            .map(|i| (i as f64 + 0.5) * h)
+            .map(|s| profile(ta, ga, s) * profile(tb, gb, s) * h)
+            .sum();
+        let closed = posthoc_ema::profile_inner_product(ta, ga, tb, gb);
+        assert!((closed - quad).abs() <= 1e-6 * quad, "{closed} vs quadrature {quad}");
+    }
+}
+
+/// A point `θ ∈ R^d`, the model of the quadratic toy problem.
+#[derive(Module, Debug)]
+struct Point {
+    theta: Param<Tensor<1>>,
+}
+
+/// `L(θ) = ½ mean_b ‖x_b − θ‖²` over a batch of noisy targets `x_b = θ* + z_b`: its gradient
+/// `θ − x̄` is a noisy gradient of `½‖θ − θ*‖²` (the optimum `θ*`).
+struct NoisyQuadratic;
+
+impl Objective<Point, 2> for NoisyQuadratic {
+    fn loss(
+        &self,
+        model: &Point,
+        x0: Tensor<2>,
+        _rng: &mut dyn RngCore,
+    ) -> scorefield_core::Result<LossOutput> {
+        let [b, d] = x0.dims();
+        let theta = model.theta.val().unsqueeze_dim::<2>(0).expand([b, d]);
+        let per_sample = x0.sub(theta).square().sum_dim(1).reshape([b]).mul_scalar(0.5);
+        Ok(LossOutput { loss: per_sample.clone().mean(), per_sample, level: None })
+    }
+}
+
+#[test]
+fn posthoc_ema_reconstructs_a_tracked_profile_and_beats_the_raw_weights_on_a_noisy_quadratic() {
+    let dev = device();
+    let dir = scratch("posthoc");
+    let (d, batch, steps) = (16, 4, 800);
+    let optimum: Vec<f64> = (0..d).map(|i| (i as f64 * 0.37).sin()).collect();
+    let start: Vec<f64> = optimum.iter().map(|o| o + 1.0).collect();
+    let point = |values: &[f64]| Point {
+        theta: Param::from_tensor(Tensor::from_data(TensorData::new(values.to_vec(), [d]), &dev)),
+    };
+    let posthoc = PostHocEma::new().with_sigma_rels(vec![0.05, 0.10]).with_snapshot_every(20);
+    let config = TrainerConfig::new()
+        .with_learning_rate(0.2)
+        .with_posthoc_ema(Some(posthoc))
+        .with_batch_size(batch)
+        .with_seed(7);
+    let mut trainer = Trainer::new(point(&start), "{}", config).unwrap();
+    let targets = |rng: &mut StdRng| {
+        let values: Vec<f64> = (0..batch * d)
+            .map(|i| {
+                optimum[i % d]
+                    + rand_distr::Distribution::<f64>::sample(&rand_distr::StandardNormal, rng)
+            })
+            .collect();
+        Ok::<_, FitError>(Tensor::from_data(TensorData::new(values, [batch, d]), &dev))
+    };
+    // Beside the trainer, this test tracks the profile σ_rel = 0.075 directly, by its own
+    // recursion β_t = (1 − 1/t)^(γ+1), and keeps the trajectory θ_1, …, θ_T.
+    let sigma_rel = 0.075;
+    let gamma = sigma_rel_to_gamma(sigma_rel).unwrap();
+    let mut direct = start.clone();
+    let mut trajectory: Vec<Vec<f64>> = Vec::new();
+    let mut track = every(1, |t: &Trainer<Point>, _: &StepReport| {
+        let theta = params(t.model()).concat();
+        let step = t.steps() as f64;
+        let beta = (1.0 - 1.0 / step).powf(gamma + 1.0);
+        for (e, th) in direct.iter_mut().zip(&theta) {
+            *e = beta * *e + (1.0 - beta) * th;
+        }
+        trajectory.push(theta);
+        Ok(())
+    });
+    let mut saves = Checkpoints::new(&dir, 0);
+    trainer.fit(&NoisyQuadratic, steps, targets, &mut [&mut track, &mut saves]).unwrap();
+    let snapshots = list_snapshots(&dir).unwrap();
+    assert_eq!(snapshots.len(), steps as usize / 20);
+    assert_eq!((snapshots[0].step, snapshots.last().unwrap().step), (20, steps));
+
+    let rebuilt = reconstruct(&dir, sigma_rel, None, point(&start), "{}").unwrap();
+    assert_eq!((rebuilt.step, rebuilt.fit.coefficients.len()), (steps, 2 * snapshots.len()));
+    let rec = params(&rebuilt.model).concat();
+    let fit = &rebuilt.fit;
+    println!(
+        "post-hoc EMA σ_rel = {sigma_rel} (γ = {gamma:.3}) from {} profiles: residual {:.2e} \
+         (relative {:.2e})",
+        fit.coefficients.len(),
+        fit.residual,
+        fit.relative_residual,
+    );
+    assert!((fit.coefficients.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    assert!(fit.relative_residual < 0.05, "EDM2's fit is close: {}", fit.relative_residual);
+    // |θ_r − θ̂| ≤ ‖q − p_r‖₂ (Σ_τ (θ_τ − c)²)^½, c the mean of θ_τ (module docs), plus
+    // round-off; returns the largest gap/bound.
+    let check = |rec: &[f64], direct: &[f64], fit: &PostHocFit| -> f64 {
+        let mut worst: f64 = 0.0;
+        for (j, (r, e)) in rec.iter().zip(direct).enumerate() {
+            let c = trajectory.iter().map(|th| th[j]).sum::<f64>() / steps as f64;
+            let spread = trajectory.iter().map(|th| (th[j] - c).powi(2)).sum::<f64>().sqrt();
+            let bound = fit.residual * spread + 1e-10 * (1.0 + c.abs());
+            let gap = (r - e).abs();
+            assert!(gap <= bound, "θ_{j}: |{r} − {e}| = {gap:.3e} > {bound:.3e}");
+            worst = worst.max(gap / bound);
+        }
+        worst
+    };
+    let worst_ratio = check(&rec, &direct, fit);
+    // A profile the trainer tracked itself (σ_rel = 0.10) is reproduced to a residual of
+    // round-off (the SVD's cut-off), and so are its weights.
+    let same = reconstruct(&dir, 0.10, None, point(&start), "{}").unwrap();
+    assert!(same.fit.relative_residual < 1e-5, "{}", same.fit.relative_residual);
+    check(&params(&same.model).concat(), &params(&trainer.posthoc_emas()[1]).concat(), &same.fit);
+    // On the toy problem, the average is nearer the optimum than the last weights.
+    let distance =
+        |v: &[f64]| v.iter().zip(&optimum).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
+    let raw = distance(trajectory.last().unwrap());
+    let averaged = distance(&rec);
+    println!(
+        "noisy quadratic: ‖θ_T − θ*‖ = {raw:.4}, reconstructed EMA {averaged:.4}, direct {:.4}; \
+         worst gap/bound {worst_ratio:.3}",
+        distance(&direct)
+    );
+    assert!(averaged < 0.5 * raw, "{averaged} vs {raw}");
+    // Bad requests are typed errors.
+    let err = reconstruct(&dir, 0.5, None, point(&start), "{}").unwrap_err();
+    assert!(matches!(err, CheckpointError::Invalid(_)), "{err}");
+    let err = reconstruct(&dir, 0.1, Some(5), point(&start), "{}").unwrap_err();
+    assert!(matches!(err, CheckpointError::Invalid(_)), "{err}");
+    let err = reconstruct(&dir, 0.1, None, point(&start), "{\"other\": 1}").unwrap_err();
+    assert!(matches!(err, CheckpointError::Mismatch { what: "model config", .. }), "{err}");
+    let empty = scratch("posthoc-empty");
+    let err = reconstruct(&empty, 0.1, None, point(&start), "{}").unwrap_err();
+    assert!(matches!(err, CheckpointError::NotFound { .. }), "{err}");
+    fs::remove_dir_all(&dir).unwrap();
+    fs::remove_dir_all(&empty).unwrap();
 }

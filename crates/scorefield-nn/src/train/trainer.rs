@@ -9,14 +9,21 @@ use rand::rngs::StdRng;
 use scorefield_core::{Error, Objective};
 
 use super::params::{ema_update, global_grad_norm, scale_grads};
+use super::posthoc_ema::{PostHocEma, PostHocTracker};
+use super::schedule::{LrDecay, LrScheduleState, validate_decay};
 
 /// The hyper-parameters of a [`Trainer`], saved with every checkpoint. Defaults follow the
 /// NCSN/NCSNv2 reference code: Adam with `η = 10⁻³`, `β = (0.9, 0.999)`, `ε = 10⁻⁸`, no
-/// warm-up, no clipping, EMA decay 0.999, batch 128. (DDPM and the score SDE use
-/// `η = 2·10⁻⁴`, 5000 warm-up steps and clipping at 1.)
+/// warm-up, no decay of the learning rate, no clipping, EMA decay 0.999, no post-hoc EMA,
+/// batch 128. (DDPM and the score SDE use `η = 2·10⁻⁴`, 5000 warm-up steps and clipping at
+/// 1; EDM2 uses an inverse-square-root decay and post-hoc EMA.)
+///
+/// Fields added after the first release are `Option`s, so a `trainer.json` of an older
+/// checkpoint still reads (a missing field is `None`).
 #[derive(Config, Debug, PartialEq)]
 pub struct TrainerConfig {
-    /// Adam's learning rate `η` (after warm-up).
+    /// Adam's learning rate `η`: the rate after the warm-up, before any decay
+    /// ([`lr_decay`](Self::lr_decay)).
     #[config(default = 1e-3)]
     pub learning_rate: f64,
     /// Adam's `β₁`, the decay of the first moment.
@@ -28,9 +35,12 @@ pub struct TrainerConfig {
     /// Adam's `ε` in `m̂ / (√v̂ + ε)`.
     #[config(default = 1e-8)]
     pub epsilon: f32,
-    /// Linear warm-up length `W`: step `k` uses `η · min(1, (k + 1)/W)`; 0 disables it.
+    /// Linear warm-up length `W`: step `k` uses `η̃_k · min(1, (k + 1)/W)`; 0 disables it.
     #[config(default = 0)]
     pub warmup_steps: u64,
+    /// The decay of the learning rate ([`LrDecay`]: cosine, or EDM2's inverse square root);
+    /// `None` (the default) keeps `η` after the warm-up. See [`super::schedule`].
+    pub lr_decay: Option<LrDecay>,
     /// Clip the gradient to this global L2 norm `c`: `g ← g · min(1, c/‖g‖₂)`, the norm taken
     /// over all parameters together. `None` disables clipping.
     pub grad_clip_norm: Option<f64>,
@@ -41,6 +51,10 @@ pub struct TrainerConfig {
     /// A warm-up of the EMA decay ([`EmaWarmup`]); `None` (the default) keeps `d` from the
     /// first step.
     pub ema_warmup: Option<EmaWarmup>,
+    /// Post-hoc EMA ([`PostHocEma`], EDM2): power-function EMAs tracked beside the EMA above,
+    /// with snapshots from which the EMA of any length is rebuilt after training
+    /// ([`reconstruct`](super::reconstruct)). `None` (the default) tracks none.
+    pub posthoc_ema: Option<PostHocEma>,
     /// The seed of every random number the trainer draws (see [`Trainer::batch_rng`]).
     #[config(default = 0)]
     pub seed: u64,
@@ -92,19 +106,21 @@ impl TrainerConfig {
         }
     }
 
-    /// The learning rate of step `k` (counted from 0): `η · min(1, (k + 1)/W)`, or `η` when
-    /// `W = 0`.
-    pub fn learning_rate_at(&self, step: u64) -> f64 {
-        if self.warmup_steps == 0 {
-            self.learning_rate
-        } else {
-            let ramp = (step.saturating_add(1) as f64 / self.warmup_steps as f64).min(1.0);
-            self.learning_rate * ramp
-        }
+    /// The learning rate of step `k` (counted from 0): `η̃_k · min(1, (k + 1)/W)`, with `η̃_k`
+    /// the decay's rate (`η` without one); see [`super::schedule`]. Replays `k` steps of the
+    /// schedule. Errors as [`validate`](Self::validate).
+    pub fn learning_rate_at(&self, step: u64) -> scorefield_core::Result<f64> {
+        Ok(self.lr_schedule(step)?.peek())
+    }
+
+    /// The learning-rate schedule (burn-optim schedulers) positioned at step `step`.
+    pub fn lr_schedule(&self, step: u64) -> scorefield_core::Result<LrScheduleState> {
+        LrScheduleState::at(self.learning_rate, self.warmup_steps, self.lr_decay.as_ref(), step)
     }
 
     /// Checks every field: `η > 0`, `β₁, β₂ ∈ [0, 1)`, `ε > 0`, `c > 0`, `d ∈ [0, 1]`, all
-    /// finite, and a batch size of at least 1. Errors with [`Error::InvalidParameter`].
+    /// finite, the decay ([`LrDecay`]) and the post-hoc EMA ([`PostHocEma::validate`]), and a
+    /// batch size of at least 1. Errors with [`Error::InvalidParameter`].
     pub fn validate(&self) -> scorefield_core::Result<()> {
         scorefield_core::error::ensure_positive("learning_rate", self.learning_rate)?;
         for (name, beta) in [("beta_1", self.beta_1), ("beta_2", self.beta_2)] {
@@ -122,6 +138,10 @@ impl TrainerConfig {
         if let Some(EmaWarmup::Power { inv_gamma, power }) = self.ema_warmup {
             scorefield_core::error::ensure_positive("inv_gamma", inv_gamma)?;
             scorefield_core::error::ensure_positive("power", power)?;
+        }
+        validate_decay(self.learning_rate, self.lr_decay.as_ref())?;
+        if let Some(posthoc) = &self.posthoc_ema {
+            posthoc.validate()?;
         }
         if self.batch_size == 0 {
             return Err(Error::invalid("batch_size", 0, "must be at least 1"));
@@ -161,8 +181,9 @@ pub struct StepReport {
     pub t: Option<Vec<f64>>,
 }
 
-/// A score model under training: the model (on an autodiff device), its EMA (outside
-/// autodiff), Adam's state, the step counter and the seed. See the [module docs](self).
+/// A score model under training: the model (on an autodiff device), its EMA and post-hoc EMA
+/// profiles (outside autodiff), Adam's state, the learning-rate schedule, the step counter
+/// and the seed. See the [module docs](self).
 ///
 /// `M` is any Burn [`Module`]; [`Trainer::step`] needs an [`Objective`] over it, which for
 /// the objectives of `scorefield_core` means that `M` is a
@@ -173,6 +194,8 @@ pub struct Trainer<M: Module> {
     pub(super) model: M,
     pub(super) ema: M,
     pub(super) optimizer: ModuleOptimizer,
+    pub(super) schedule: LrScheduleState,
+    pub(super) posthoc: Option<PostHocTracker<M>>,
     pub(super) config: TrainerConfig,
     pub(super) model_config: String,
     pub(super) step: u64,
@@ -221,7 +244,13 @@ impl<M: Module> Trainer<M> {
         let model = model.train();
         let ema = model.valid();
         let optimizer = config.adam();
-        Ok(Self { model, ema, optimizer, config, model_config: model_config.into(), step: 0 })
+        let schedule = config.lr_schedule(0)?;
+        let posthoc = match &config.posthoc_ema {
+            Some(p) => Some(PostHocTracker::new(p, &model)?),
+            None => None,
+        };
+        let model_config = model_config.into();
+        Ok(Self { model, ema, optimizer, schedule, posthoc, config, model_config, step: 0 })
     }
 
     /// The model being trained (its parameters on the autodiff device). For evaluation
@@ -257,7 +286,7 @@ impl<M: Module> Trainer<M> {
 
     /// The learning rate the next step will use ([`TrainerConfig::learning_rate_at`]).
     pub fn learning_rate(&self) -> f64 {
-        self.config.learning_rate_at(self.step)
+        self.schedule.peek()
     }
 
     /// A generator for drawing the next step's batch, seeded by `(seed, step)` (a stream
@@ -308,11 +337,14 @@ impl<M: Module> Trainer<M> {
             scale_grads(&self.model, &mut grads, clip_scale);
         }
 
-        let learning_rate = self.config.learning_rate_at(step);
+        let learning_rate = self.schedule.advance();
         self.model = self.optimizer.step(learning_rate, self.model.clone(), grads);
         let ema_decay = self.config.ema_decay_at(step);
         self.ema = ema_update(&self.model, self.ema.clone(), ema_decay);
         self.step += 1;
+        if let Some(posthoc) = &mut self.posthoc {
+            posthoc.update(&self.model, self.step);
+        }
         Ok(StepReport {
             step,
             loss,
