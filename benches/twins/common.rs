@@ -32,41 +32,10 @@ pub struct Args {
     pub backend: String,
 }
 
-/// Parses the command line; `default_steps` for each workload when `--steps` is absent.
+/// Parses the command line; `default_steps` for each workload when `--steps` is absent. Exits
+/// with status 2 and `usage` on a bad argument; sizes rayon's pool when `--threads` is given.
 pub fn parse_args(usage: &str, default_steps: [usize; 2]) -> Args {
-    let parsed = (|| -> Result<Args, String> {
-        let mut out = Args {
-            workload: Workload::Train,
-            steps: usize::MAX,
-            warmup: 2,
-            threads: None,
-            backend: "flex".into(),
-        };
-        let mut args = std::env::args().skip(1);
-        while let Some(flag) = args.next() {
-            let mut value = || args.next().ok_or(format!("{flag} needs a value"));
-            let number = |v: String| v.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
-            match flag.as_str() {
-                "--workload" => {
-                    out.workload = match value()?.as_str() {
-                        "train" => Workload::Train,
-                        "sample" => Workload::Sample,
-                        other => return Err(format!("unknown workload {other}")),
-                    }
-                }
-                "--steps" => out.steps = number(value()?)?,
-                "--warmup" => out.warmup = number(value()?)?,
-                "--threads" => out.threads = Some(number(value()?)?),
-                "--backend" => out.backend = value()?,
-                _ => {}
-            }
-        }
-        if out.steps == usize::MAX {
-            out.steps = default_steps[usize::from(out.workload == Workload::Sample)];
-        }
-        Ok(out)
-    })();
-    let args = parsed.unwrap_or_else(|e| {
+    let args = parse(default_steps).unwrap_or_else(|e| {
         eprintln!("{e}\n{usage}");
         std::process::exit(2)
     });
@@ -74,6 +43,39 @@ pub fn parse_args(usage: &str, default_steps: [usize; 2]) -> Args {
         rayon::ThreadPoolBuilder::new().num_threads(t).build_global().expect("rayon pool");
     }
     args
+}
+
+fn parse(default_steps: [usize; 2]) -> Result<Args, String> {
+    let mut out = Args {
+        workload: Workload::Train,
+        steps: usize::MAX,
+        warmup: 2,
+        threads: None,
+        backend: "flex".into(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+        let number = |v: String| v.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
+        match flag.as_str() {
+            "--workload" => {
+                out.workload = match value()?.as_str() {
+                    "train" => Workload::Train,
+                    "sample" => Workload::Sample,
+                    other => return Err(format!("unknown workload {other}")),
+                }
+            }
+            "--steps" => out.steps = number(value()?)?,
+            "--warmup" => out.warmup = number(value()?)?,
+            "--threads" => out.threads = Some(number(value()?)?),
+            "--backend" => out.backend = value()?,
+            _ => {}
+        }
+    }
+    if out.steps == usize::MAX {
+        out.steps = default_steps[usize::from(out.workload == Workload::Sample)];
+    }
+    Ok(out)
 }
 
 /// Times `f` and returns its result and the elapsed seconds.
