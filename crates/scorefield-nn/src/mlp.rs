@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! e      = SiLU(W_e · sinusoidal(c, E) + b_e)          c = ln σ, t, or nothing
-//! h₀     = W₀ x + b₀ + P₀ e
+//! h₀     = W₀ x + b₀ + P₀ e                           (W₀ [x, ln σ] + b₀ for LogSigmaInput)
 //! hᵢ     = Wᵢ a(hᵢ₋₁) + bᵢ + Pᵢ e                      i = 1 … L−1
 //! s(x,c) = (W_out a(h_{L−1}) + b_out) · (1/σ if scale_by_sigma)
 //! ```
@@ -68,6 +68,18 @@ pub enum Conditioning {
     LogSigma,
     /// The time `t` (score SDE, DDPM step index).
     Time,
+    /// `ln σ` appended to the input as one more feature: `h₀ = W₀ [x, ln σ] + b₀`, with no
+    /// embedding layer and no projections (the small MLP common in PyTorch toy code, `[x, ln σ]
+    /// → L×H → d`). σ is clamped below at 1e-12; the tangent of the `ln σ` column is zero.
+    LogSigmaInput,
+}
+
+impl Conditioning {
+    /// Whether the conditioning variable goes through the sinusoidal embedding and the
+    /// per-layer projections (`LogSigma`, `Time`).
+    fn embeds(self) -> bool {
+        matches!(self, Conditioning::LogSigma | Conditioning::Time)
+    }
 }
 
 /// Builds a [`ScoreMlp`]; its fields are the network's hyper-parameters, saved with it.
@@ -106,13 +118,14 @@ impl ScoreMlpConfig {
             self.dim > 0 && self.hidden > 0 && self.layers > 0,
             "ScoreMlpConfig: empty network"
         );
-        let conditioned = self.conditioning != Conditioning::None;
+        let conditioned = self.conditioning.embeds();
         assert!(
             !conditioned || (self.embedding > 0 && self.embedding.is_multiple_of(2)),
             "ScoreMlpConfig: embedding must be even"
         );
         let h = self.hidden;
-        let input = LinearConfig::new(self.dim, h).init(device);
+        let extra = usize::from(self.conditioning == Conditioning::LogSigmaInput);
+        let input = LinearConfig::new(self.dim + extra, h).init(device);
         let hidden = (1..self.layers).map(|_| LinearConfig::new(h, h).init(device)).collect();
         let output = LinearConfig::new(h, self.dim).init(device);
         let (embed, projections) = if conditioned {
@@ -160,7 +173,17 @@ pub struct ScoreMlp {
 impl ScoreMlp {
     /// The data dimension `d`.
     pub fn dim(&self) -> usize {
-        self.input.weight.dims()[0]
+        self.output.weight.dims()[1]
+    }
+
+    /// `[x, ln σ]` (`[B, d + 1]`) for [`Conditioning::LogSigmaInput`], `x` otherwise.
+    fn network_input(&self, x: Tensor<2>, level: &NoiseLevel) -> Tensor<2> {
+        if self.conditioning != Conditioning::LogSigmaInput {
+            return x;
+        }
+        let b = level.sigma.dims()[0];
+        let c = level.sigma.clone().clamp_min(1e-12).log().reshape([b, 1]).cast(x.dtype());
+        Tensor::cat(vec![x, c], 1)
     }
 
     /// The per-layer embedding terms `Pᵢ e`, each `[B, H]` (empty when unconditioned).
@@ -168,7 +191,10 @@ impl ScoreMlp {
         let Some(embed) = &self.embed else { return Vec::new() };
         let c = match self.conditioning {
             Conditioning::LogSigma => level.sigma.clone().clamp_min(1e-12).log(),
-            Conditioning::Time | Conditioning::None => level.t.clone(),
+            // `embed` exists only for `LogSigma` and `Time`.
+            Conditioning::Time | Conditioning::None | Conditioning::LogSigmaInput => {
+                level.t.clone()
+            }
         };
         let features = sinusoidal_embedding(c, self.embedding, 10_000.0)
             .expect("embedding size validated at init");
@@ -195,7 +221,13 @@ impl ScoreMlp {
     /// The output layer's value and JVPs, before the optional `1/σ`.
     fn raw_dual(&self, x: Tensor<2>, level: &NoiseLevel, v: Tensor<2>) -> Dual<2> {
         let terms = self.embedding_terms(level);
-        let mut h = self.input.forward_dual(Dual::new(x, v));
+        let input = if self.conditioning == Conditioning::LogSigmaInput {
+            let zeros = v.clone().narrow(1, 0, 1).zeros_like();
+            Dual::new(self.network_input(x, level), Tensor::cat(vec![v, zeros], 1))
+        } else {
+            Dual::new(x, v)
+        };
+        let mut h = self.input.forward_dual(input);
         if let Some(p) = terms.first() {
             h = h.add_constant(p.clone());
         }
@@ -213,7 +245,7 @@ impl ScoreMlp {
     /// The output layer's value, before the optional `1/σ`.
     fn raw(&self, x: Tensor<2>, level: &NoiseLevel) -> Tensor<2> {
         let terms = self.embedding_terms(level);
-        let mut h = self.input.forward(x);
+        let mut h = self.input.forward(self.network_input(x, level));
         if let Some(p) = terms.first() {
             h = h.add(p.clone());
         }
@@ -313,6 +345,7 @@ mod tests {
                 (Conditioning::None, false),
                 (Conditioning::LogSigma, true),
                 (Conditioning::Time, false),
+                (Conditioning::LogSigmaInput, true),
             ] {
                 let mlp = ScoreMlpConfig::new(3)
                     .with_hidden(16)
@@ -387,6 +420,44 @@ mod tests {
         let (s_tiled, tiled) = mlp.score_jvp(x.repeat_dim(0, k), &level.tile(k), v);
         assert!(s.sub(s_tiled.narrow(0, 0, b)).abs().max().into_scalar::<f64>() < 1e-12);
         assert!(many.sub(tiled).abs().max().into_scalar::<f64>() < 1e-12);
+    }
+
+    /// `[x, ln σ] → L×H → d` has `(d+1)·H + H` input, `(L−1)·(H² + H)` hidden and
+    /// `H·d + d` output parameters: 133,122 for the PyTorch twins' `d = 2, H = 256, L = 3`.
+    #[test]
+    fn log_sigma_input_has_the_closed_form_parameter_count() {
+        for (d, h, l) in [(2, 256, 3), (3, 16, 1), (5, 8, 2)] {
+            let mlp = ScoreMlpConfig::new(d)
+                .with_hidden(h)
+                .with_layers(l)
+                .with_conditioning(Conditioning::LogSigmaInput)
+                .with_scale_by_sigma(true)
+                .init(&device());
+            let want = (d + 1) * h + h + (l - 1) * (h * h + h) + h * d + d;
+            assert_eq!(mlp.num_params(), want, "d = {d}, H = {h}, L = {l}");
+            assert_eq!(mlp.dim(), d);
+        }
+        let twin = ScoreMlpConfig::new(2)
+            .with_hidden(256)
+            .with_conditioning(Conditioning::LogSigmaInput)
+            .init(&device());
+        assert_eq!(twin.num_params(), 133_122);
+    }
+
+    /// The `ln σ` column is the input's last feature: the network sees σ.
+    #[test]
+    fn log_sigma_input_depends_on_sigma() {
+        let mlp = ScoreMlpConfig::new(2)
+            .with_hidden(8)
+            .with_conditioning(Conditioning::LogSigmaInput)
+            .init(&device());
+        let x = normal([3, 2], 9);
+        let a = mlp.score(x.clone(), &level(3));
+        let shifted = level(3);
+        let sigma = shifted.sigma.clone().mul_scalar(2.0);
+        let shifted = NoiseLevel { sigma, ..shifted };
+        let b = mlp.score(x, &shifted);
+        assert!(a.sub(b).abs().max().into_scalar::<f64>() > 1e-6);
     }
 
     #[test]

@@ -1,0 +1,120 @@
+//! Workload A of the PyTorch twins (`benches/pytorch/twin_mlp.py`): the 2-D MLP
+//! `[x, ln σ] → 3×256 SiLU → 2`, output/σ (`ScoreMlp` with
+//! [`Conditioning::LogSigmaInput`], 133,122 parameters).
+//!
+//! - `--workload train`: multi-scale denoising score matching (10 geometric σ from 1 to 0.01, a
+//!   uniform level per sample, λ = σ²) on batches of 1024 drawn in turn from a pool of 16
+//!   batches of N(0, I) points made at set-up; Adam (lr 1e-3, β = (0.9, 0.999), ε = 1e-8). A
+//!   step is loss, `backward`, Adam update and the loss read back to the host. Default 200
+//!   steps.
+//! - `--workload sample`: annealed Langevin (`AnnealedLangevin::ncsn`, the same 10 levels,
+//!   ε = 2e-5, no final denoising) from 10,000 N(0, I) points with the untrained network;
+//!   `--steps` is the steps per level (default 100: 1,000 steps). The library's sampler also
+//!   computes each step's denoised estimate and checks the state is finite (a host read-back).
+//!
+//! `--warmup W` runs `W` untimed training steps, or an untimed sample with `W` steps per level.
+//! Prints one line: parameters, last loss (training), mean in-process seconds per step.
+//!
+//! ```text
+//! cargo bench --bench twin_mlp -- --workload train --threads 2
+//! python3 benches/pytorch/twin_mlp.py --workload train --threads 2
+//! ```
+//!
+//! `benches/twins.sh` runs both twins of every workload in turn; results in
+//! `docs/performance.md`.
+
+#[path = "twins/common.rs"]
+mod common;
+
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::{Device, Tensor};
+use common::{Workload, parse_args, report, timed};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use scorefield::nn::{Conditioning, ScoreMlp, ScoreMlpConfig};
+use scorefield::objective::DenoisingScoreMatching;
+use scorefield::random::standard_normal;
+use scorefield::sampler::{AnnealedLangevin, Sampler};
+use scorefield::schedule::GeometricSigmas;
+use scorefield::{LossOutput, Objective};
+
+const DIM: usize = 2;
+const HIDDEN: usize = 256;
+const LAYERS: usize = 3;
+const BATCH: usize = 1024;
+const POOL: usize = 16;
+const POINTS: usize = 10_000;
+const EPS: f64 = 2e-5;
+
+/// `[x, ln σ] → L×H → d`: `(d+1)·H + H + (L−1)·(H² + H) + H·d + d`, as the Python twin's.
+fn expected_params() -> usize {
+    let (d, h) = (DIM, HIDDEN);
+    (d + 1) * h + h + (LAYERS - 1) * (h * h + h) + h * d + d
+}
+
+fn model(device: &Device) -> ScoreMlp {
+    ScoreMlpConfig::new(DIM)
+        .with_hidden(HIDDEN)
+        .with_layers(LAYERS)
+        .with_conditioning(Conditioning::LogSigmaInput)
+        .with_scale_by_sigma(true)
+        .init(device)
+}
+
+fn main() {
+    let args = parse_args(
+        "usage: twin_mlp --workload train|sample [--steps N] [--warmup W] [--threads T]",
+        [200, 100],
+    );
+    let device = scorefield::device(&args.backend).expect("backend compiled in");
+    let mut rng = StdRng::seed_from_u64(0);
+    let levels = GeometricSigmas::ncsn();
+    match args.workload {
+        Workload::Train => {
+            let device = device.autodiff();
+            let mut model = model(&device);
+            let params = model.num_params();
+            assert_eq!(params, expected_params(), "ScoreMlp parameter count");
+            let data: Tensor<2> = standard_normal([POOL * BATCH, DIM], &device, &mut rng);
+            let dsm = DenoisingScoreMatching::multi_scale(&levels, 10).expect("levels");
+            let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
+            let mut batch = 0;
+            let mut step = |model: ScoreMlp, rng: &mut StdRng| -> (ScoreMlp, f32) {
+                let x = data.clone().narrow(0, (batch % POOL) * BATCH, BATCH);
+                batch += 1;
+                let out: LossOutput = dsm.loss(&model, x, rng).expect("loss");
+                let value = out.loss.clone();
+                let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+                let model = optim.step(1e-3, model, grads);
+                (model, value.into_scalar::<f32>())
+            };
+            let mut loss = f32::NAN;
+            for _ in 0..args.warmup {
+                (model, loss) = step(model, &mut rng);
+            }
+            let ((), seconds) = timed(|| {
+                for _ in 0..args.steps {
+                    (model, loss) = step(model, &mut rng);
+                }
+            });
+            report("mlp", &args, params, Some(loss), seconds / args.steps.max(1) as f64);
+        }
+        Workload::Sample => {
+            let model = model(&device);
+            let params = model.num_params();
+            assert_eq!(params, expected_params(), "ScoreMlp parameter count");
+            let sample = |steps: usize, rng: &mut StdRng| {
+                let sampler = AnnealedLangevin::ncsn(levels, steps, EPS).expect("sampler");
+                let init: Tensor<2> = standard_normal([POINTS, DIM], &device, rng);
+                sampler.sample(&model, init, rng, &mut ()).expect("finite samples")
+            };
+            if args.warmup > 0 {
+                sample(args.warmup, &mut rng);
+            }
+            let (_, seconds) = timed(|| sample(args.steps, &mut rng));
+            let total = levels.levels() * args.steps;
+            report("mlp", &args, params, None, seconds / total.max(1) as f64);
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Workload B of the PyTorch twins (`benches/pytorch/twin_unet.py`): the NCSN U-Net of
+//! `NcsnUnetConfig::new()` (width 32, multipliers `[1, 2, 4]`, 8 groups; 789,153 parameters)
+//! on 1×28×28 images.
+//!
+//! - `--workload train`: multi-scale denoising score matching (10 geometric σ from 1 to 0.01, a
+//!   uniform level per sample, λ = σ²) on batches of 64 drawn in turn from a pool of 8 batches
+//!   of U(0, 1) pixels made at set-up; Adam (lr 1e-3, β = (0.9, 0.999), ε = 1e-8). A step is
+//!   loss, `backward`, Adam update and the loss read back to the host. Default 10 steps.
+//! - `--workload sample`: annealed Langevin (`AnnealedLangevin::ncsn`, the same 10 levels,
+//!   ε = 2e-5, no final denoising) on 64 U(0, 1) images with the untrained network; `--steps`
+//!   is the steps per level (default 10: 100 steps). The library's sampler also computes each
+//!   step's denoised estimate and checks the state is finite (a host read-back).
+//!
+//! `--warmup W` runs `W` untimed training steps, or an untimed sample with `W` steps per level.
+//! Prints one line: parameters, last loss (training), mean in-process seconds per step.
+//!
+//! ```text
+//! cargo bench --bench twin_unet -- --workload train --threads 2
+//! python3 benches/pytorch/twin_unet.py --workload train --threads 2
+//! ```
+//!
+//! `benches/twins.sh` runs both twins of every workload in turn; results in
+//! `docs/performance.md`.
+
+#[path = "twins/common.rs"]
+mod common;
+
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::{Device, Tensor, TensorData};
+use common::{Workload, parse_args, report, timed};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use scorefield::nn::{NcsnUnet, NcsnUnetConfig};
+use scorefield::objective::DenoisingScoreMatching;
+use scorefield::sampler::{AnnealedLangevin, Sampler};
+use scorefield::schedule::GeometricSigmas;
+use scorefield::{LossOutput, Objective};
+
+const SIDE: usize = 28;
+const BATCH: usize = 64;
+const POOL: usize = 8;
+const EPS: f64 = 2e-5;
+/// The reference configuration's parameter count (`crates/scorefield-nn/src/unet.rs`).
+const PARAMS: usize = 789_153;
+
+/// `n` images of U(0, 1) pixels, `[n, 1, 28, 28]`.
+fn uniform_images(n: usize, device: &Device, rng: &mut StdRng) -> Tensor<4> {
+    let pixels: Vec<f32> = (0..n * SIDE * SIDE).map(|_| rng.random::<f32>()).collect();
+    Tensor::from_data(TensorData::new(pixels, [n, 1, SIDE, SIDE]), device)
+}
+
+fn main() {
+    let args = parse_args(
+        "usage: twin_unet --workload train|sample [--steps N] [--warmup W] [--threads T]",
+        [10, 10],
+    );
+    let device = scorefield::device(&args.backend).expect("backend compiled in");
+    let mut rng = StdRng::seed_from_u64(0);
+    let levels = GeometricSigmas::ncsn();
+    match args.workload {
+        Workload::Train => {
+            let device = device.autodiff();
+            let mut model = NcsnUnetConfig::new().init(&device);
+            let params = model.num_params();
+            assert_eq!(params, PARAMS, "NcsnUnet parameter count");
+            let data = uniform_images(POOL * BATCH, &device, &mut rng);
+            let dsm = DenoisingScoreMatching::multi_scale(&levels, 10).expect("levels");
+            let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
+            let mut batch = 0;
+            let mut step = |model: NcsnUnet, rng: &mut StdRng| -> (NcsnUnet, f32) {
+                let x = data.clone().narrow(0, (batch % POOL) * BATCH, BATCH);
+                batch += 1;
+                let out: LossOutput = dsm.loss(&model, x, rng).expect("loss");
+                let value = out.loss.clone();
+                let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+                let model = optim.step(1e-3, model, grads);
+                (model, value.into_scalar::<f32>())
+            };
+            let mut loss = f32::NAN;
+            for _ in 0..args.warmup {
+                (model, loss) = step(model, &mut rng);
+            }
+            let ((), seconds) = timed(|| {
+                for _ in 0..args.steps {
+                    (model, loss) = step(model, &mut rng);
+                }
+            });
+            report("unet", &args, params, Some(loss), seconds / args.steps.max(1) as f64);
+        }
+        Workload::Sample => {
+            let model = NcsnUnetConfig::new().init(&device);
+            let params = model.num_params();
+            assert_eq!(params, PARAMS, "NcsnUnet parameter count");
+            let sample = |steps: usize, rng: &mut StdRng| {
+                let sampler = AnnealedLangevin::ncsn(levels, steps, EPS).expect("sampler");
+                let init = uniform_images(BATCH, &device, rng);
+                sampler.sample(&model, init, rng, &mut ()).expect("finite samples")
+            };
+            if args.warmup > 0 {
+                sample(args.warmup, &mut rng);
+            }
+            let (_, seconds) = timed(|| sample(args.steps, &mut rng));
+            let total = levels.levels() * args.steps;
+            report("unet", &args, params, None, seconds / total.max(1) as f64);
+        }
+    }
+}

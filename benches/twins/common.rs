@@ -1,0 +1,102 @@
+//! What the twin benches share: their command line and their one-line report.
+//!
+//! Every twin takes `--workload train|sample`, `--steps N` (training steps, or Langevin steps
+//! per level when sampling), `--warmup W` (untimed steps first) and `--threads T`. Threads:
+//! Burn's `flex` backend runs its parallel kernels on rayon's global pool, which `--threads`
+//! builds with `T` threads; without the flag rayon reads `RAYON_NUM_THREADS`, else uses one
+//! thread per core. Unknown arguments (`--bench`, passed by `cargo bench`) are ignored.
+
+use std::time::Instant;
+
+/// Training or sampling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// Denoising score matching steps with Adam.
+    Train,
+    /// Annealed Langevin dynamics, 10 levels.
+    Sample,
+}
+
+/// The parsed command line.
+#[derive(Debug, Clone)]
+pub struct Args {
+    /// What to run.
+    pub workload: Workload,
+    /// Timed training steps, or Langevin steps per level.
+    pub steps: usize,
+    /// Untimed steps first: training steps, or Langevin steps on one level.
+    pub warmup: usize,
+    /// The size of rayon's pool (`None`: rayon's default).
+    pub threads: Option<usize>,
+    /// The compiled-in backend (`flex` unless `--backend`).
+    pub backend: String,
+}
+
+/// Parses the command line; `default_steps` for each workload when `--steps` is absent. Exits
+/// with status 2 and `usage` on a bad argument; sizes rayon's pool when `--threads` is given.
+pub fn parse_args(usage: &str, default_steps: [usize; 2]) -> Args {
+    let args = parse(default_steps).unwrap_or_else(|e| {
+        eprintln!("{e}\n{usage}");
+        std::process::exit(2)
+    });
+    if let Some(t) = args.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(t).build_global().expect("rayon pool");
+    }
+    args
+}
+
+fn parse(default_steps: [usize; 2]) -> Result<Args, String> {
+    let mut out = Args {
+        workload: Workload::Train,
+        steps: usize::MAX,
+        warmup: 2,
+        threads: None,
+        backend: "flex".into(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+        let number = |v: String| v.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
+        match flag.as_str() {
+            "--workload" => {
+                out.workload = match value()?.as_str() {
+                    "train" => Workload::Train,
+                    "sample" => Workload::Sample,
+                    other => return Err(format!("unknown workload {other}")),
+                }
+            }
+            "--steps" => out.steps = number(value()?)?,
+            "--warmup" => out.warmup = number(value()?)?,
+            "--threads" => out.threads = Some(number(value()?)?),
+            "--backend" => out.backend = value()?,
+            _ => {}
+        }
+    }
+    if out.steps == usize::MAX {
+        out.steps = default_steps[usize::from(out.workload == Workload::Sample)];
+    }
+    Ok(out)
+}
+
+/// Times `f` and returns its result and the elapsed seconds.
+pub fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let start = Instant::now();
+    let out = f();
+    (out, start.elapsed().as_secs_f64())
+}
+
+/// Prints the one-line report: `scorefield <name> <workload> threads=T params=P steps=N
+/// loss=L s_per_step=S` (`loss` only for training).
+pub fn report(name: &str, args: &Args, params: usize, loss: Option<f32>, per_step: f64) {
+    let workload = match args.workload {
+        Workload::Train => "train",
+        Workload::Sample => "sample",
+    };
+    let threads = args.threads.unwrap_or_else(rayon::current_num_threads);
+    let loss = loss.map(|l| format!(" loss={l:.6}")).unwrap_or_default();
+    println!(
+        "scorefield {} {name} {workload} threads={threads} params={params} steps={}{loss} \
+         s_per_step={per_step:.6}",
+        args.backend, args.steps
+    );
+}
