@@ -20,6 +20,7 @@
 mod analytic;
 mod backends;
 mod common;
+mod condition;
 mod device;
 mod fast_samplers;
 mod inpaint;

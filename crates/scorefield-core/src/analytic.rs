@@ -20,6 +20,7 @@ use rand::distr::Distribution;
 use rand::distr::weighted::WeightedIndex;
 use rand_distr::StandardNormal;
 
+use crate::condition::{ConditionalScoreModel, Labels};
 use crate::error::{Error, Result, ensure_finite, ensure_positive};
 use crate::score::{NoiseLevel, ScoreJvp, ScoreModel};
 
@@ -366,6 +367,31 @@ impl<const D: usize> ScoreModel<D> for GaussianMixture {
         let [b, k] = c.logits.dims();
         let r = softmax(c.logits, 1).reshape([b, k, 1]);
         r.mul(c.grads).sum_dim(1).reshape(shape)
+    }
+}
+
+/// The components as classes: `p(x | y = k) = N(μₖ, sₖ² I)`, whose perturbed score is exactly
+/// `gₖ = (m·μₖ − x)/vₖ`; the null class is the mixture itself. The oracle of conditional
+/// sampling and guidance.
+impl<const D: usize> ConditionalScoreModel<D, Labels> for GaussianMixture {
+    fn score_given(&self, x: Tensor<D>, level: &NoiseLevel, y: &Labels) -> Tensor<D> {
+        let shape = x.dims();
+        let c = self.components(flatten(x, self.dim()), level);
+        let [b, k] = c.logits.dims();
+        // Per sample: a one-hot row for a class, the responsibilities for the null class.
+        let r = softmax(c.logits.clone(), 1);
+        let mut pick = vec![0.0; b * k];
+        let mut null = vec![0.0; b];
+        for (i, label) in y.ids().iter().enumerate().take(b) {
+            match label {
+                Some(class) if *class < k => pick[i * k + class] = 1.0,
+                _ => null[i] = 1.0,
+            }
+        }
+        let pick = constant(&pick, [b, k], &c.logits);
+        let null = constant(&null, [b, 1], &c.logits);
+        let weights = pick + r.mul(null);
+        weights.reshape([b, k, 1]).mul(c.grads).sum_dim(1).reshape(shape)
     }
 }
 

@@ -31,6 +31,7 @@
 #![deny(missing_docs)]
 
 pub mod analytic;
+pub mod condition;
 pub mod device;
 pub mod error;
 pub mod io;

@@ -139,6 +139,13 @@ pub trait ScoreModel<const D: usize> {
     fn float_dtype(&self) -> Option<DType> {
         None
     }
+
+    /// The batch size this model scores, if it is fixed (a conditional model with its
+    /// per-sample condition bound, [`Given`](crate::condition::Given)). Samplers check their
+    /// initial state against it ([`Error::ShapeMismatch`]). `None` (the default): any batch.
+    fn batch_size(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// A score model that also gives exact forward-mode directional derivatives:
@@ -176,6 +183,10 @@ pub trait ScoreJvp<const D: usize>: ScoreModel<D> {
 
 /// Blanket implementation: a reference to a score model is a score model.
 impl<const D: usize, M: ScoreModel<D> + ?Sized> ScoreModel<D> for &M {
+    fn batch_size(&self) -> Option<usize> {
+        (**self).batch_size()
+    }
+
     fn score(&self, x: Tensor<D>, level: &NoiseLevel) -> Tensor<D> {
         (**self).score(x, level)
     }

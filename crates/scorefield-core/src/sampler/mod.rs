@@ -152,6 +152,15 @@ pub fn check_init<M: ScoreModel<D> + ?Sized, const D: usize>(
             got: format!("{dims:?}"),
         });
     }
+    if let Some(expected) = model.batch_size()
+        && expected != batch
+    {
+        return Err(Error::ShapeMismatch {
+            context,
+            expected: format!("a batch of {expected} (one per condition the model is given)"),
+            got: format!("{dims:?}"),
+        });
+    }
     let level = NoiseLevel::clean(batch, (&init.device(), init.dtype()));
     check_batch(context, init, model.sample_shape().as_deref(), &level)?;
     check_dtype(context, init, model.float_dtype())?;
