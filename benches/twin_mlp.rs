@@ -27,17 +27,14 @@
 mod common;
 
 use burn::module::Module;
-use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
-use common::{Workload, parse_args, report, timed};
+use common::{Workload, parse_args, report, timed, train_dsm};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use scorefield::nn::{Conditioning, ScoreMlp, ScoreMlpConfig};
-use scorefield::objective::DenoisingScoreMatching;
 use scorefield::random::standard_normal;
 use scorefield::sampler::{AnnealedLangevin, Sampler};
 use scorefield::schedule::GeometricSigmas;
-use scorefield::{LossOutput, Objective};
 
 const DIM: usize = 2;
 const HIDDEN: usize = 256;
@@ -73,32 +70,12 @@ fn main() {
     match args.workload {
         Workload::Train => {
             let device = device.autodiff();
-            let mut model = model(&device);
+            let model = model(&device);
             let params = model.num_params();
             assert_eq!(params, expected_params(), "ScoreMlp parameter count");
             let data: Tensor<2> = standard_normal([POOL * BATCH, DIM], &device, &mut rng);
-            let dsm = DenoisingScoreMatching::multi_scale(&levels, 10).expect("levels");
-            let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
-            let mut batch = 0;
-            let mut step = |model: ScoreMlp, rng: &mut StdRng| -> (ScoreMlp, f32) {
-                let x = data.clone().narrow(0, (batch % POOL) * BATCH, BATCH);
-                batch += 1;
-                let out: LossOutput = dsm.loss(&model, x, rng).expect("loss");
-                let value = out.loss.clone();
-                let grads = GradientsParams::from_grads(out.loss.backward(), &model);
-                let model = optim.step(1e-3, model, grads);
-                (model, value.into_scalar::<f32>())
-            };
-            let mut loss = f32::NAN;
-            for _ in 0..args.warmup {
-                (model, loss) = step(model, &mut rng);
-            }
-            let ((), seconds) = timed(|| {
-                for _ in 0..args.steps {
-                    (model, loss) = step(model, &mut rng);
-                }
-            });
-            report("mlp", &args, params, Some(loss), seconds / args.steps.max(1) as f64);
+            let (loss, per_step) = train_dsm(model, data, BATCH, POOL, &args, &mut rng);
+            report("mlp", &args, params, Some(loss), per_step);
         }
         Workload::Sample => {
             let model = model(&device);
