@@ -6,6 +6,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use scorefield::analytic::{Gaussian, GaussianMixture};
 use scorefield::condition::{ClassifierFree, ConditionalScoreModel, Given, Labels};
+use scorefield::guidance::ClassifierGuidance;
 use scorefield::sampler::{
     Driver, EulerAncestral, Grid, NoiseSource, PerSampleNoise, karras_sigmas,
 };
@@ -134,6 +135,38 @@ fn conditional_sampling_reproduces_the_component() {
         ));
         assert_same_distribution(&format!("class {k}"), &got, &want, 2, 0.01);
     }
+}
+
+/// Classifier guidance with the exact noise-conditional classifier (the log responsibility,
+/// differentiated by backprop with respect to the input) at `w = 1` is the exact
+/// class-conditional score; at `w = 0`, and for the null class, the unconditional one.
+#[test]
+fn classifier_guidance_with_the_exact_classifier_is_the_exact_conditional_score() {
+    let (x, level, labels) = batch();
+    let m = mixture();
+    let cond = values(m.score_given(x.clone(), &level, &labels));
+    let uncond = values(m.score(x.clone(), &level));
+    let at = |w: f64| {
+        let guided = ClassifierGuidance::new(mixture(), mixture(), w).unwrap();
+        values(guided.score_given(x.clone(), &level, &labels))
+    };
+    let one = at(1.0);
+    assert!(max_abs_diff(&one, &cond) < 1e-9, "w = 1: {}", max_abs_diff(&one, &cond));
+    assert!(max_abs_diff(&at(0.0), &uncond) < 1e-12);
+    // w = 2: s + 2(s_k − s) for labelled samples.
+    let two = at(2.0);
+    for (i, label) in labels.ids().iter().enumerate() {
+        for j in 0..2 {
+            let k = 2 * i + j;
+            let want =
+                if label.is_some() { uncond[k] + 2.0 * (cond[k] - uncond[k]) } else { uncond[k] };
+            assert!((two[k] - want).abs() < 1e-9, "sample {i}: {} vs {want}", two[k]);
+        }
+    }
+    assert!(matches!(
+        ClassifierGuidance::new(mixture(), mixture(), f64::NAN),
+        Err(Error::InvalidParameter { name: "guidance weight", .. })
+    ));
 }
 
 #[test]

@@ -22,6 +22,7 @@ use rand_distr::StandardNormal;
 
 use crate::condition::{ConditionalScoreModel, Labels};
 use crate::error::{Error, Result, ensure_finite, ensure_positive};
+use crate::guidance::NoisyClassifier;
 use crate::score::{NoiseLevel, ScoreJvp, ScoreModel};
 
 const LN_2PI: f64 = 1.837_877_066_409_345_5;
@@ -392,6 +393,24 @@ impl<const D: usize> ConditionalScoreModel<D, Labels> for GaussianMixture {
         let null = constant(&null, [b, 1], &c.logits);
         let weights = pick + r.mul(null);
         weights.reshape([b, k, 1]).mul(c.grads).sum_dim(1).reshape(shape)
+    }
+}
+
+/// The exact noise-conditional classifier of the components: `log p(y = k | x, σ) = log rₖ(x)`,
+/// the log responsibility (the null class: 0, no information). Its gradient is
+/// `gₖ − s(x)`, so classifier guidance at `w = 1` gives the exact class-conditional score.
+impl<const D: usize> NoisyClassifier<D> for GaussianMixture {
+    fn log_prob(&self, x: Tensor<D>, level: &NoiseLevel, y: &Labels) -> Tensor<1> {
+        let c = self.components(flatten(x, self.dim()), level);
+        let [b, k] = c.logits.dims();
+        let log_r = burn::tensor::activation::log_softmax(c.logits.clone(), 1);
+        let mut pick = vec![0.0; b * k];
+        for (i, label) in y.ids().iter().enumerate().take(b) {
+            if let Some(class) = label.filter(|&class| class < k) {
+                pick[i * k + class] = 1.0;
+            }
+        }
+        log_r.mul(constant(&pick, [b, k], &c.logits)).sum_dim(1).reshape([b])
     }
 }
 

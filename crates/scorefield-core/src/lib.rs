@@ -34,6 +34,7 @@ pub mod analytic;
 pub mod condition;
 pub mod device;
 pub mod error;
+pub mod guidance;
 pub mod io;
 pub mod jvp;
 pub mod likelihood;
