@@ -28,13 +28,11 @@ mod common;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
-use common::{Workload, parse_args, report, timed, train_dsm};
+use common::{Workload, parse_args, report, sample_annealed, train_dsm};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use scorefield::nn::{Conditioning, ScoreMlp, ScoreMlpConfig};
 use scorefield::random::standard_normal;
-use scorefield::sampler::{AnnealedLangevin, Sampler};
-use scorefield::schedule::GeometricSigmas;
 
 const DIM: usize = 2;
 const HIDDEN: usize = 256;
@@ -66,7 +64,6 @@ fn main() {
     );
     let device = scorefield::device(&args.backend).expect("backend compiled in");
     let mut rng = StdRng::seed_from_u64(0);
-    let levels = GeometricSigmas::ncsn();
     match args.workload {
         Workload::Train => {
             let device = device.autodiff();
@@ -81,17 +78,9 @@ fn main() {
             let model = model(&device);
             let params = model.num_params();
             assert_eq!(params, expected_params(), "ScoreMlp parameter count");
-            let sample = |steps: usize, rng: &mut StdRng| {
-                let sampler = AnnealedLangevin::ncsn(levels, steps, EPS).expect("sampler");
-                let init: Tensor<2> = standard_normal([POINTS, DIM], &device, rng);
-                sampler.sample(&model, init, rng, &mut ()).expect("finite samples")
-            };
-            if args.warmup > 0 {
-                sample(args.warmup, &mut rng);
-            }
-            let (_, seconds) = timed(|| sample(args.steps, &mut rng));
-            let total = levels.levels() * args.steps;
-            report("mlp", &args, params, None, seconds / total.max(1) as f64);
+            let init = |rng: &mut StdRng| standard_normal([POINTS, DIM], &device, rng);
+            let per_step = sample_annealed(&model, EPS, init, &args, &mut rng);
+            report("mlp", &args, params, None, per_step);
         }
     }
 }

@@ -27,12 +27,10 @@ mod common;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
-use common::{Workload, parse_args, report, timed, train_dsm};
+use common::{Workload, parse_args, report, sample_annealed, train_dsm};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use scorefield::nn::NcsnUnetConfig;
-use scorefield::sampler::{AnnealedLangevin, Sampler};
-use scorefield::schedule::GeometricSigmas;
 
 const SIDE: usize = 28;
 const BATCH: usize = 64;
@@ -54,7 +52,6 @@ fn main() {
     );
     let device = scorefield::device(&args.backend).expect("backend compiled in");
     let mut rng = StdRng::seed_from_u64(0);
-    let levels = GeometricSigmas::ncsn();
     match args.workload {
         Workload::Train => {
             let device = device.autodiff();
@@ -69,17 +66,9 @@ fn main() {
             let model = NcsnUnetConfig::new().init(&device);
             let params = model.num_params();
             assert_eq!(params, PARAMS, "NcsnUnet parameter count");
-            let sample = |steps: usize, rng: &mut StdRng| {
-                let sampler = AnnealedLangevin::ncsn(levels, steps, EPS).expect("sampler");
-                let init = uniform_images(BATCH, &device, rng);
-                sampler.sample(&model, init, rng, &mut ()).expect("finite samples")
-            };
-            if args.warmup > 0 {
-                sample(args.warmup, &mut rng);
-            }
-            let (_, seconds) = timed(|| sample(args.steps, &mut rng));
-            let total = levels.levels() * args.steps;
-            report("unet", &args, params, None, seconds / total.max(1) as f64);
+            let init = |rng: &mut StdRng| uniform_images(BATCH, &device, rng);
+            let per_step = sample_annealed(&model, EPS, init, &args, &mut rng);
+            report("unet", &args, params, None, per_step);
         }
     }
 }

@@ -13,6 +13,7 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::Tensor;
 use rand::rngs::StdRng;
 use scorefield::objective::DenoisingScoreMatching;
+use scorefield::sampler::{AnnealedLangevin, Sampler};
 use scorefield::schedule::GeometricSigmas;
 use scorefield::{LossOutput, Objective, ScoreModel};
 
@@ -130,6 +131,32 @@ where
         }
     });
     (loss, seconds / args.steps.max(1) as f64)
+}
+
+/// The sampling workload of both twins: NCSN's annealed Langevin (10 levels, step `ε`) from
+/// `init(rng)`, `args.warmup` steps per level untimed, then `args.steps` per level timed.
+/// Returns the mean seconds per Langevin step.
+pub fn sample_annealed<M, const D: usize>(
+    model: &M,
+    eps: f64,
+    init: impl Fn(&mut StdRng) -> Tensor<D>,
+    args: &Args,
+    rng: &mut StdRng,
+) -> f64
+where
+    M: ScoreModel<D>,
+{
+    let levels = GeometricSigmas::ncsn();
+    let sample = |steps: usize, rng: &mut StdRng| {
+        let sampler = AnnealedLangevin::ncsn(levels, steps, eps).expect("sampler");
+        let x = init(rng);
+        sampler.sample(model, x, rng, &mut ()).expect("finite samples")
+    };
+    if args.warmup > 0 {
+        sample(args.warmup, rng);
+    }
+    let (_, seconds) = timed(|| sample(args.steps, rng));
+    seconds / (levels.levels() * args.steps).max(1) as f64
 }
 
 /// Prints the one-line report: `scorefield <name> <workload> threads=T params=P steps=N
