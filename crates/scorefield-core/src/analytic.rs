@@ -381,16 +381,8 @@ impl<const D: usize> ConditionalScoreModel<D, Labels> for GaussianMixture {
         let [b, k] = c.logits.dims();
         // Per sample: a one-hot row for a class, the responsibilities for the null class.
         let r = softmax(c.logits.clone(), 1);
-        let mut pick = vec![0.0; b * k];
-        let mut null = vec![0.0; b];
-        for (i, label) in y.ids().iter().enumerate().take(b) {
-            match label {
-                Some(class) if *class < k => pick[i * k + class] = 1.0,
-                _ => null[i] = 1.0,
-            }
-        }
-        let pick = constant(&pick, [b, k], &c.logits);
-        let null = constant(&null, [b, 1], &c.logits);
+        let pick = one_hot(y, b, k, &c.logits);
+        let null = pick.clone().sum_dim(1).neg().add_scalar(1.0); // 1 where no class is picked
         let weights = pick + r.mul(null);
         weights.reshape([b, k, 1]).mul(c.grads).sum_dim(1).reshape(shape)
     }
@@ -404,14 +396,20 @@ impl<const D: usize> NoisyClassifier<D> for GaussianMixture {
         let c = self.components(flatten(x, self.dim()), level);
         let [b, k] = c.logits.dims();
         let log_r = burn::tensor::activation::log_softmax(c.logits.clone(), 1);
-        let mut pick = vec![0.0; b * k];
-        for (i, label) in y.ids().iter().enumerate().take(b) {
-            if let Some(class) = label.filter(|&class| class < k) {
-                pick[i * k + class] = 1.0;
-            }
-        }
-        log_r.mul(constant(&pick, [b, k], &c.logits)).sum_dim(1).reshape([b])
+        log_r.mul(one_hot(y, b, k, &c.logits)).sum_dim(1).reshape([b])
     }
+}
+
+/// `[b, k]`: row `i` one-hot at sample `i`'s class, all zero for the null class (or a class
+/// the mixture does not have), on the device and dtype of `like`.
+fn one_hot(y: &Labels, b: usize, k: usize, like: &Tensor<2>) -> Tensor<2> {
+    let mut pick = vec![0.0; b * k];
+    for (i, label) in y.ids().iter().enumerate().take(b) {
+        if let Some(class) = label.filter(|&class| class < k) {
+            pick[i * k + class] = 1.0;
+        }
+    }
+    constant(&pick, [b, k], like)
 }
 
 impl<const D: usize> ScoreJvp<D> for GaussianMixture {

@@ -117,12 +117,9 @@ impl<M: Module> Trainer<M> {
         C: ModelConfig<Model = M>,
     {
         let dir = dir.as_ref();
-        let info = read_checkpoint(dir)?;
-        let mismatch =
-            |e: Error| CheckpointError::Mismatch { what: "model config", reason: e.to_string() };
-        let model_config = C::from_json(&info.model_config).map_err(mismatch)?;
-        let model = model_config.init_model(device).map_err(mismatch)?;
-        Ok((Trainer::load(dir, model, &info.model_config)?, model_config))
+        let json = read_checkpoint(dir)?.model_config;
+        let (model, model_config) = build_saved::<C>(&json, device)?;
+        Ok((Trainer::load(dir, model, &json)?, model_config))
     }
 }
 
@@ -141,11 +138,20 @@ pub fn reconstruct_as<C: ModelConfig>(
     let dir = dir.as_ref();
     let snapshots = list_snapshots(dir)?;
     let json = snapshots.last().map(|s| s.model_config.clone()).unwrap_or_default();
+    let (model, model_config) = build_saved::<C>(&json, device)?;
+    Ok((reconstruct(dir, sigma_rel, at_step, model, &json)?, model_config))
+}
+
+/// The configuration a checkpoint or snapshot stored, read as a `C`, and a fresh model built
+/// from it on `device`; a `Mismatch` if it is not a `C` or builds no model.
+fn build_saved<C: ModelConfig>(
+    json: &str,
+    device: &Device,
+) -> core::result::Result<(C::Model, C), CheckpointError> {
     let mismatch =
         |e: Error| CheckpointError::Mismatch { what: "model config", reason: e.to_string() };
-    let model_config = C::from_json(&json).map_err(mismatch)?;
-    let model = model_config.init_model(device).map_err(mismatch)?;
-    Ok((reconstruct(dir, sigma_rel, at_step, model, &json)?, model_config))
+    let model_config = C::from_json(json).map_err(mismatch)?;
+    Ok((model_config.init_model(device).map_err(mismatch)?, model_config))
 }
 
 /// `EpsilonPredictionConfig<SigmaTildeConfig<NcsnUnetConfig>>` without module paths.
