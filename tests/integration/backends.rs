@@ -16,6 +16,8 @@
 //!   `FixedNoise`, Langevin, annealed Langevin, the reverse SDE (two predictor–corrector
 //!   pairs), DDPM ancestral and DDIM on the driver, two runs on `ScoreMlp`, and
 //!   `PerSampleNoise` itself;
+//! - `fused ops`: `group_norm_silu` (GroupNorm + SiLU with a per-channel shift) and its
+//!   input, shift, γ and β gradients: the fused kernel on flex, the composed fallback here;
 //! - `training`: one `Trainer` step (DSM on `ScoreMlp` and the U-Net, sliced score matching
 //!   through the dual layers): loss, per-sample losses, gradient norm, outputs after the step;
 //! - `checkpoint`: written on flex and read on the backend (and back), then one more step.
@@ -54,7 +56,7 @@ use rand_distr::{Distribution, StandardNormal};
 use scorefield::analytic::{Gaussian, GaussianMixture};
 use scorefield::nn::{
     Conditioning, Dual, DualForward, NcsnUnet, NcsnUnetConfig, ScoreMlp, ScoreMlpConfig,
-    StepReport, Trainer, TrainerConfig,
+    StepReport, Trainer, TrainerConfig, group_norm_silu,
 };
 use scorefield::objective::{DenoisingScoreMatching, Projection, SlicedScoreMatching};
 use scorefield::sampler::{
@@ -315,6 +317,29 @@ fn networks(nets: &Networks, device: &Device) -> Vec<Quantity> {
     out
 }
 
+/// The fused GroupNorm + SiLU with a shift (`scorefield::nn::group_norm_silu`): the kernel on
+/// flex, the composed fallback on the other backends. Output and the gradients of `Σ w·out`
+/// w.r.t. the input, the shift, γ and β, on `device` with autodiff.
+fn fused_ops(device: &Device) -> Vec<Quantity> {
+    let device = device.clone().autodiff();
+    let x = normal_tensor([3, 8, 6, 5], 30, &device).require_grad();
+    let shift = normal_tensor([3, 8], 31, &device).require_grad();
+    let gamma = normal_tensor([8], 32, &device).add_scalar(1.0).require_grad();
+    let beta = normal_tensor([8], 33, &device).require_grad();
+    let weight = normal_tensor([3, 8, 6, 5], 34, &device);
+    let out =
+        group_norm_silu(x.clone(), Some(shift.clone()), gamma.clone(), beta.clone(), 4, 1e-5, true)
+            .unwrap();
+    let grads = out.clone().mul(weight).sum().backward();
+    vec![
+        quantity("group_norm_silu output", REDUCED, values(out)),
+        quantity("group_norm_silu input gradient", REDUCED, values(x.grad(&grads).unwrap())),
+        quantity("group_norm_silu shift gradient", REDUCED, values(shift.grad(&grads).unwrap())),
+        quantity("group_norm_silu gamma gradient", REDUCED, values(gamma.grad(&grads).unwrap())),
+        quantity("group_norm_silu beta gradient", REDUCED, values(beta.grad(&grads).unwrap())),
+    ]
+}
+
 // ---------------------------------------------------------------------------------------------
 // The samplers
 
@@ -544,6 +569,11 @@ macro_rules! agrees_with_flex {
                 let nets = Networks::new();
                 let (got, want) = (networks(&nets, &device()), networks(&nets, &flex()));
                 assert_agree($feature, "networks", &got, &want);
+            }
+
+            #[test]
+            fn fused_group_norm_silu_agrees_with_flex() {
+                assert_agree($feature, "fused ops", &fused_ops(&device()), &fused_ops(&flex()));
             }
 
             #[test]

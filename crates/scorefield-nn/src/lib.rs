@@ -8,6 +8,8 @@
 //! - [`mlp::ScoreMlp`]: a time-conditioned MLP score network with exact `ScoreJvp`.
 //! - [`unet::NcsnUnet`]: the NCSN-style U-Net for 28×28 images, exact `ScoreJvp`.
 //! - [`embedding`]: the sinusoidal noise-level embedding.
+//! - [`group_norm_silu`]: GroupNorm + SiLU (+ a per-channel shift), a fused kernel with a
+//!   hand-written backward on the flex backend, the composed ops elsewhere.
 //! - [`train::Trainer`]: Adam with a learning-rate schedule (warm-up, then constant, cosine or
 //!   EDM2's inverse square root), global-norm clipping, an EMA of the weights, EDM2's post-hoc
 //!   EMA ([`train::reconstruct`]) and atomic checkpoints that resume bit for bit.
@@ -15,12 +17,16 @@
 
 pub mod dual;
 pub mod embedding;
+pub mod group_norm_silu;
 pub mod layers;
 pub mod mlp;
 pub mod train;
 pub mod unet;
 
 pub use dual::Dual;
+pub use group_norm_silu::{
+    GroupNormError, GroupNormSilu, group_norm_silu, group_norm_silu_composed,
+};
 pub use layers::DualForward;
 pub use mlp::{Activation, Conditioning, ScoreMlp, ScoreMlpConfig};
 pub use train::{

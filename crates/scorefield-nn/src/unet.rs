@@ -13,7 +13,9 @@
 //! ResBlock(cin → cout)(h) = skip(h) + conv3×3(SiLU(GN(conv3×3(SiLU(GN(h))) + Linear(e))))
 //! ```
 //! where `skip` is a 1×1 convolution when `cin ≠ cout` and the identity otherwise. Every
-//! layer has a [`DualForward`] pass, so [`ScoreJvp`] is exact.
+//! layer has a [`DualForward`] pass, so [`ScoreJvp`] is exact. The plain forward (training by
+//! DSM, sampling) runs each `SiLU(GN(·))`, with the embedding bias added inside the second one
+//! of a block, as one fused op ([`crate::group_norm_silu`]); the dual pass composes them.
 
 use burn::config::Config;
 use burn::module::Module;
@@ -26,6 +28,7 @@ use scorefield_core::{NoiseLevel, ScoreJvp, ScoreModel};
 
 use crate::dual::{Dual, upsample_nearest};
 use crate::embedding::sinusoidal_embedding;
+use crate::group_norm_silu::GroupNormSilu;
 use crate::layers::DualForward;
 
 /// Builds an [`NcsnUnet`]; the fields are its hyper-parameters, saved with it.
@@ -126,9 +129,11 @@ impl ResBlock {
         b.reshape([n, c, 1, 1])
     }
 
+    /// The plain forward, with GroupNorm + SiLU fused (and the embedding bias added inside
+    /// the second one); [`Self::forward_dual`] composes the same math from stock ops.
     fn forward(&self, x: Tensor<4>, e: &Tensor<2>) -> Tensor<4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone()))).add(self.bias(e));
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = self.conv1.forward(self.norm1.forward_silu(x.clone(), None));
+        let h = self.conv2.forward(self.norm2.forward_silu(h, Some(self.embed.forward(e.clone()))));
         let skip = match &self.skip {
             Some(conv) => conv.forward(x),
             None => x,
@@ -221,7 +226,7 @@ impl Network<4> for NcsnUnet {
         let u = self.res_up1.forward(Tensor::cat(vec![u, h2], 1), &e);
         let u = self.up2.forward(upsample_nearest(u, 2));
         let u = self.res_up2.forward(Tensor::cat(vec![u, h1], 1), &e);
-        self.conv_out.forward(silu(self.norm_out.forward(u)))
+        self.conv_out.forward(self.norm_out.forward_silu(u, None))
     }
 
     fn sample_shape(&self) -> Option<Vec<usize>> {
