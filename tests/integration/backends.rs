@@ -55,8 +55,8 @@ use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
 use scorefield::analytic::{Gaussian, GaussianMixture};
 use scorefield::nn::{
-    Conditioning, Dual, DualForward, NcsnUnet, NcsnUnetConfig, ScoreMlp, ScoreMlpConfig,
-    StepReport, Trainer, TrainerConfig, group_norm_silu,
+    Conditioning, Dual, DualForward, GroupNormSiluOptions, NcsnUnet, NcsnUnetConfig, ScoreMlp,
+    ScoreMlpConfig, StepReport, Trainer, TrainerConfig, group_norm_silu,
 };
 use scorefield::objective::{DenoisingScoreMatching, Projection, SlicedScoreMatching};
 use scorefield::sampler::{
@@ -327,9 +327,9 @@ fn fused_ops(device: &Device) -> Vec<Quantity> {
     let gamma = normal_tensor([8], 32, &device).add_scalar(1.0).require_grad();
     let beta = normal_tensor([8], 33, &device).require_grad();
     let weight = normal_tensor([3, 8, 6, 5], 34, &device);
-    let out =
-        group_norm_silu(x.clone(), Some(shift.clone()), gamma.clone(), beta.clone(), 4, 1e-5, true)
-            .unwrap();
+    let options = GroupNormSiluOptions::new(4);
+    let out = group_norm_silu(x.clone(), Some(shift.clone()), gamma.clone(), beta.clone(), options)
+        .unwrap();
     let grads = out.clone().mul(weight).sum().backward();
     vec![
         quantity("group_norm_silu output", REDUCED, values(out)),

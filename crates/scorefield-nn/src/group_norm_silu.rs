@@ -41,7 +41,7 @@ use burn::tensor::{DType, Tensor};
 use thiserror::Error;
 
 #[cfg(feature = "flex")]
-pub use fused::{GroupNormSiluBackend, Shift};
+pub use fused::{GroupNormSiluBackend, GroupNormSiluInputs, Shift};
 
 /// A shape that [`group_norm_silu`] cannot normalise.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -76,100 +76,115 @@ pub enum GroupNormError {
     },
 }
 
-fn check(
-    x: &Tensor<4>,
-    shift: Option<&Tensor<2>>,
-    gamma: &Tensor<1>,
-    beta: &Tensor<1>,
-    groups: usize,
-) -> Result<(), GroupNormError> {
-    let [n, c, _, _] = x.dims();
-    if groups == 0 || !c.is_multiple_of(groups) {
-        return Err(GroupNormError::Groups { groups, channels: c });
-    }
-    let (g, b) = (gamma.dims(), beta.dims());
-    if g != [c] || b != [c] {
-        return Err(GroupNormError::Affine { channels: c, gamma: g, beta: b });
-    }
-    if let Some(shift) = shift
-        && shift.dims() != [n, c]
-    {
-        return Err(GroupNormError::Shift { batch: n, channels: c, got: shift.dims() });
-    }
-    Ok(())
+/// The non-tensor arguments of [`group_norm_silu`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GroupNormSiluOptions {
+    /// The groups `G`; they must divide the channels.
+    pub groups: usize,
+    /// `ε`, added to the variance.
+    pub epsilon: f64,
+    /// SiLU after the affine map (`false`: GroupNorm alone).
+    pub silu: bool,
+    /// The fused kernel where one exists (flex, f32 and f64); `false` runs the composed stock
+    /// ops on every backend, the reference the kernel is tested against.
+    pub fused: bool,
 }
 
-/// `silu(GroupNorm(x + a))` (or `GroupNorm(x + a)` when `silu` is false), see the [module
+impl GroupNormSiluOptions {
+    /// `groups` groups, burn-nn's `ε = 1e-5`, SiLU, fused where a kernel exists.
+    pub fn new(groups: usize) -> Self {
+        GroupNormSiluOptions { groups, epsilon: 1e-5, silu: true, fused: true }
+    }
+
+    /// With `ε = epsilon`.
+    pub fn with_epsilon(self, epsilon: f64) -> Self {
+        GroupNormSiluOptions { epsilon, ..self }
+    }
+
+    /// With or without the SiLU.
+    pub fn with_silu(self, silu: bool) -> Self {
+        GroupNormSiluOptions { silu, ..self }
+    }
+
+    /// With or without the fused kernel.
+    pub fn with_fused(self, fused: bool) -> Self {
+        GroupNormSiluOptions { fused, ..self }
+    }
+}
+
+/// The tensors of one call.
+struct Args {
+    x: Tensor<4>,
+    shift: Option<Tensor<2>>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+}
+
+impl Args {
+    fn check(&self, groups: usize) -> Result<(), GroupNormError> {
+        let [n, c, _, _] = self.x.dims();
+        if groups == 0 || !c.is_multiple_of(groups) {
+            return Err(GroupNormError::Groups { groups, channels: c });
+        }
+        let (gamma, beta) = (self.gamma.dims(), self.beta.dims());
+        if gamma != [c] || beta != [c] {
+            return Err(GroupNormError::Affine { channels: c, gamma, beta });
+        }
+        if let Some(shift) = &self.shift
+            && shift.dims() != [n, c]
+        {
+            return Err(GroupNormError::Shift { batch: n, channels: c, got: shift.dims() });
+        }
+        Ok(())
+    }
+}
+
+/// `silu(GroupNorm(x + a))` (or `GroupNorm(x + a)` without SiLU), see the [module
 /// docs](self) for the equations: `x` is `[N, C, H, W]`, the optional shift `a` is `[N, C]`,
-/// `gamma` and `beta` are `[C]`, `groups` divides `C`, `epsilon` is added to the variance.
+/// `gamma` and `beta` are `[C]`.
 ///
 /// Runs the fused kernel on the `flex` backend (f32 and f64, with a hand-written backward under
-/// autodiff) and [`group_norm_silu_composed`] everywhere else.
+/// autodiff) unless `options.fused` is false, and the composed stock ops everywhere else: the
+/// shift added, then burn-nn's `group_norm` (mean, centred mean square, division by
+/// `√(v + ε)`, affine), then `silu`.
 ///
 /// # Errors
-/// [`GroupNormError`] if `groups` does not divide `C`, `gamma`/`beta` are not `[C]` or the
+/// [`GroupNormError`] if the groups do not divide `C`, `gamma`/`beta` are not `[C]` or the
 /// shift is not `[N, C]`.
 pub fn group_norm_silu(
     x: Tensor<4>,
     shift: Option<Tensor<2>>,
     gamma: Tensor<1>,
     beta: Tensor<1>,
-    groups: usize,
-    epsilon: f64,
-    silu: bool,
+    options: GroupNormSiluOptions,
 ) -> Result<Tensor<4>, GroupNormError> {
-    check(&x, shift.as_ref(), &gamma, &beta, groups)?;
+    let args = Args { x, shift, gamma, beta };
+    args.check(options.groups)?;
     #[cfg(feature = "flex")]
-    if fused::applies(&x, shift.as_ref(), &gamma, &beta) {
-        return Ok(fused::run(x, shift, gamma, beta, groups, epsilon, silu));
+    if options.fused && fused::applies(&args) {
+        return Ok(fused::run(args, options));
     }
-    Ok(composed(x, shift, gamma, beta, groups, epsilon, silu))
+    Ok(composed(args, options))
 }
 
-/// [`group_norm_silu`] written with stock tensor ops on every backend: the shift added, then
-/// burn-nn's `group_norm` (mean, centred mean square, division by `√(v + ε)`, affine), then
-/// `silu`. The reference the fused kernel is tested against, and the fallback it uses where it
-/// has no kernel.
-///
-/// # Errors
-/// As [`group_norm_silu`].
-pub fn group_norm_silu_composed(
-    x: Tensor<4>,
-    shift: Option<Tensor<2>>,
-    gamma: Tensor<1>,
-    beta: Tensor<1>,
-    groups: usize,
-    epsilon: f64,
-    silu: bool,
-) -> Result<Tensor<4>, GroupNormError> {
-    check(&x, shift.as_ref(), &gamma, &beta, groups)?;
-    Ok(composed(x, shift, gamma, beta, groups, epsilon, silu))
-}
-
-fn composed(
-    x: Tensor<4>,
-    shift: Option<Tensor<2>>,
-    gamma: Tensor<1>,
-    beta: Tensor<1>,
-    groups: usize,
-    epsilon: f64,
-    activation: bool,
-) -> Tensor<4> {
+fn composed(args: Args, options: GroupNormSiluOptions) -> Tensor<4> {
+    let Args { x, shift, gamma, beta } = args;
     let [n, c, h, w] = x.dims();
     let z = match shift {
         Some(a) => x.add(a.reshape([n, c, 1, 1])),
         None => x,
     };
+    let groups = options.groups;
     let grouped = z.reshape([n, groups, c / groups * h * w]);
     let mean = grouped.clone().mean_dim(2);
     let centred = grouped.sub(mean);
     let var = centred.clone().square().mean_dim(2);
     let y = centred
-        .div(var.add_scalar(epsilon).sqrt())
+        .div(var.add_scalar(options.epsilon).sqrt())
         .reshape([n, c, h, w])
         .mul(gamma.reshape([1, c, 1, 1]))
         .add(beta.reshape([1, c, 1, 1]));
-    if activation { silu(y) } else { y }
+    if options.silu { silu(y) } else { y }
 }
 
 /// [`group_norm_silu`] with the parameters of a burn-nn [`GroupNorm`] module.
@@ -195,8 +210,8 @@ impl GroupNormSilu for GroupNorm {
             }
         };
         assert_eq!(x.dims()[1], self.num_channels, "GroupNorm: input channels");
-        group_norm_silu(x, shift, gamma, beta, self.num_groups, self.epsilon, true)
-            .unwrap_or_else(|e| panic!("{e}"))
+        let options = GroupNormSiluOptions::new(self.num_groups).with_epsilon(self.epsilon);
+        group_norm_silu(x, shift, gamma, beta, options).unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
@@ -219,14 +234,14 @@ mod fused {
     };
     use burn::tensor::{DType, Tensor, TensorData};
 
-    use super::fused_dtype;
+    use super::{Args, GroupNormSiluOptions, fused_dtype};
 
     /// The flex tensor primitive.
     type FlexTensor = FloatTensor<Flex>;
 
-    /// The optional shift of [`GroupNormSiluBackend::group_norm_silu`]: an enum rather than an
-    /// `Option`, which Burn 0.22.1's `#[backend_extension]` passes through without unwrapping
-    /// its dispatch tensor (a type error in the generated code).
+    /// The optional shift of [`GroupNormSiluInputs`]: an enum rather than an `Option`, which
+    /// Burn 0.22.1's `#[backend_extension]` passes through without unwrapping its dispatch
+    /// tensor (a type error in the generated code).
     #[derive(ExtensionType)]
     pub enum Shift<B: Backend> {
         /// Add this `[N, C]` tensor before normalising.
@@ -235,13 +250,20 @@ mod fused {
         Zero,
     }
 
-    impl<B: Backend> Shift<B> {
-        fn into_option(self) -> Option<FloatTensor<B>> {
-            match self {
-                Shift::Add(t) => Some(t),
-                Shift::Zero => None,
-            }
-        }
+    /// The tensors of [`GroupNormSiluBackend::group_norm_silu`], shapes already validated: `x`
+    /// `[N, C, H, W]`, the shift `[N, C]`, `gamma` and `beta` `[C]`, all of one float type (f32
+    /// or f64).
+    #[derive(ExtensionType)]
+    pub struct GroupNormSiluInputs<B: Backend> {
+        /// The input.
+        pub x: FloatTensor<B>,
+        /// The per-channel shift added before normalising.
+        #[extension_type]
+        pub shift: Shift<B>,
+        /// The scale `γ`.
+        pub gamma: FloatTensor<B>,
+        /// The offset `β`.
+        pub beta: FloatTensor<B>,
     }
 
     /// The fused op as a Burn backend extension: implemented by `Flex` (the forward kernel) and
@@ -251,96 +273,70 @@ mod fused {
     /// [`group_norm_silu`]: super::group_norm_silu
     #[backend_extension(Flex, Autodiff)]
     pub trait GroupNormSiluBackend: Backend {
-        /// `silu(GroupNorm(x + shift))` on primitives, shapes already validated: `x`
-        /// `[N, C, H, W]`, `shift` `[N, C]`, `gamma` and `beta` `[C]`, all of one float type
-        /// (f32 or f64).
+        /// `silu(GroupNorm(x + shift))` on primitives (see [`GroupNormSiluInputs`]).
         fn group_norm_silu(
-            x: FloatTensor<Self>,
-            #[extension_type] shift: Shift<Self>,
-            gamma: FloatTensor<Self>,
-            beta: FloatTensor<Self>,
-            groups: usize,
-            epsilon: f64,
-            silu: bool,
+            #[extension_type] inputs: GroupNormSiluInputs<Self>,
+            options: GroupNormSiluOptions,
         ) -> FloatTensor<Self>;
     }
 
     /// Whether every input lives on flex (with or without autodiff) in one fused float type.
-    pub(super) fn applies(
-        x: &Tensor<4>,
-        shift: Option<&Tensor<2>>,
-        gamma: &Tensor<1>,
-        beta: &Tensor<1>,
-    ) -> bool {
+    pub(super) fn applies(args: &Args) -> bool {
         let on_flex = |device: burn::tensor::Device| {
             matches!(device.as_dispatch().clone().inner(), DispatchDevice::Flex(_))
         };
-        let dtype = x.dtype();
+        let dtype = args.x.dtype();
+        let others =
+            [(args.gamma.dtype(), args.gamma.device()), (args.beta.dtype(), args.beta.device())];
         fused_dtype(dtype)
-            && on_flex(x.device())
-            && [gamma.dtype(), beta.dtype()]
-                .iter()
-                .chain(shift.map(|s| s.dtype()).as_ref())
-                .all(|d| *d == dtype)
-            && on_flex(gamma.device())
-            && on_flex(beta.device())
-            && shift.is_none_or(|s| on_flex(s.device()))
+            && on_flex(args.x.device())
+            && others
+                .into_iter()
+                .chain(args.shift.as_ref().map(|s| (s.dtype(), s.device())))
+                .all(|(d, device)| d == dtype && on_flex(device))
     }
 
     /// Calls the extension through Burn's dispatch.
-    pub(super) fn run(
-        x: Tensor<4>,
-        shift: Option<Tensor<2>>,
-        gamma: Tensor<1>,
-        beta: Tensor<1>,
-        groups: usize,
-        epsilon: f64,
-        silu: bool,
-    ) -> Tensor<4> {
-        Tensor::from_dispatch(<Dispatch as GroupNormSiluBackend>::group_norm_silu(
-            x.into_dispatch(),
-            shift.map_or(Shift::Zero, |a| Shift::Add(a.into_dispatch())),
-            gamma.into_dispatch(),
-            beta.into_dispatch(),
-            groups,
-            epsilon,
-            silu,
-        ))
+    pub(super) fn run(args: Args, options: GroupNormSiluOptions) -> Tensor<4> {
+        let Args { x, shift, gamma, beta } = args;
+        let inputs = GroupNormSiluInputs {
+            x: x.into_dispatch(),
+            shift: shift.map_or(Shift::Zero, |a| Shift::Add(a.into_dispatch())),
+            gamma: gamma.into_dispatch(),
+            beta: beta.into_dispatch(),
+        };
+        Tensor::from_dispatch(<Dispatch as GroupNormSiluBackend>::group_norm_silu(inputs, options))
     }
 
     impl GroupNormSiluBackend for Flex {
         fn group_norm_silu(
-            x: FlexTensor,
-            shift: Shift<Self>,
-            gamma: FlexTensor,
-            beta: FlexTensor,
-            groups: usize,
-            epsilon: f64,
-            silu: bool,
+            inputs: GroupNormSiluInputs<Self>,
+            options: GroupNormSiluOptions,
         ) -> FlexTensor {
-            let inputs = Inputs { x, shift: shift.into_option(), gamma, beta, groups, silu };
-            forward(&inputs, epsilon).0
+            let GroupNormSiluInputs { x, shift, gamma, beta } = inputs;
+            let shift = match shift {
+                Shift::Add(a) => Some(a),
+                Shift::Zero => None,
+            };
+            forward(&Inputs { x, shift, gamma, beta, options }).0
         }
     }
 
     impl<C: CheckpointStrategy> GroupNormSiluBackend for Autodiff<Flex, C> {
         fn group_norm_silu(
-            x: FloatTensor<Self>,
-            shift: Shift<Self>,
-            gamma: FloatTensor<Self>,
-            beta: FloatTensor<Self>,
-            groups: usize,
-            epsilon: f64,
-            silu: bool,
+            inputs: GroupNormSiluInputs<Self>,
+            options: GroupNormSiluOptions,
         ) -> FloatTensor<Self> {
-            let shift = shift.into_option();
+            let GroupNormSiluInputs { x, shift, gamma, beta } = inputs;
             // Without a shift its parent is an untracked constant (never read: the kernel sees
             // `None`), so that one backward step with four parents serves both cases.
-            let absent = shift.is_none();
-            let shift = shift.unwrap_or_else(|| {
-                let [n, c, _, _] = x.primitive().layout().shape().dims::<4>();
-                FloatTensor::<Self>::new(tensor(vec![0.0f32; n * c], &[n, c]))
-            });
+            let (shift, absent) = match shift {
+                Shift::Add(a) => (a, false),
+                Shift::Zero => {
+                    let [n, c, _, _] = x.primitive().layout().shape().dims::<4>();
+                    (FloatTensor::<Self>::new(tensor(vec![0.0f32; n * c], &[n, c])), true)
+                }
+            };
             let prep = GroupNormSiluBackward
                 .prepare::<C>([x.node(), shift.node(), gamma.node(), beta.node()])
                 .compute_bound()
@@ -350,10 +346,9 @@ mod fused {
                 shift: (!absent).then(|| shift.primitive().clone()),
                 gamma: gamma.primitive().clone(),
                 beta: beta.primitive().clone(),
-                groups,
-                silu,
+                options,
             };
-            let (out, stats) = forward(&inputs, epsilon);
+            let (out, stats) = forward(&inputs);
             match prep {
                 OpsKind::Tracked(prep) => prep.finish(State { inputs, stats }, out),
                 OpsKind::UnTracked(prep) => prep.finish(out),
@@ -371,8 +366,7 @@ mod fused {
         shift: Option<FlexTensor>,
         gamma: FlexTensor,
         beta: FlexTensor,
-        groups: usize,
-        silu: bool,
+        options: GroupNormSiluOptions,
     }
 
     /// What the backward needs: the inputs and `(μ, r)` of every (sample, group).
@@ -415,7 +409,7 @@ mod fused {
     impl Dims {
         fn of(inputs: &Inputs) -> Dims {
             let [n, c, h, w] = inputs.x.layout().shape().dims::<4>();
-            Dims { n, c, h, w, groups: inputs.groups }
+            Dims { n, c, h, w, groups: inputs.options.groups }
         }
         /// Channels per group.
         fn cpg(&self) -> usize {
@@ -462,7 +456,7 @@ mod fused {
     }
 
     /// The fused forward: the output and `(μ, r)` per (sample, group).
-    fn forward(inputs: &Inputs, epsilon: f64) -> (FlexTensor, Vec<f64>) {
+    fn forward(inputs: &Inputs) -> (FlexTensor, Vec<f64>) {
         let d = Dims::of(inputs);
         let mut stats = vec![0.0; 2 * d.n * d.groups];
         let out = with_slices!(
@@ -471,7 +465,7 @@ mod fused {
             shift = inputs.shift.as_ref(),
             |E| {
                 let mut out = vec![0.0 as E; x.len()];
-                kernel::forward(x, shift, gamma, beta, d, epsilon, inputs.silu, &mut out, &mut stats);
+                kernel::forward(x, shift, gamma, beta, d, inputs.options, &mut out, &mut stats);
                 tensor(out, &[d.n, d.c, d.h, d.w])
             }
         );
@@ -499,7 +493,7 @@ mod fused {
                 // Per (sample, channel): Σ dy, Σ dy·x̂, Σ ∂ℓ/∂z.
                 let mut sums = vec![[0.0f64; 3]; d.n * d.c];
                 let k = kernel::Saved { x, shift, gamma, beta, stats: &state.stats };
-                kernel::backward(&k, grad, d, inputs.silu, &mut dx, &mut sums);
+                kernel::backward(&k, grad, d, inputs.options.silu, &mut dx, &mut sums);
                 let reduce = |j: usize| -> Vec<E> {
                     (0..d.c).map(|c| (0..d.n).map(|n| sums[n * d.c + c][j]).sum::<f64>() as E).collect()
                 };
@@ -518,7 +512,7 @@ mod fused {
 
         use rayon::prelude::*;
 
-        use super::Dims;
+        use super::{Dims, GroupNormSiluOptions};
 
         /// f32 or f64: the arithmetic the kernels need.
         pub(super) trait Real:
@@ -603,15 +597,13 @@ mod fused {
         }
 
         /// The forward over every (sample, group) in parallel; `stats` gets `(μ, r)` of each.
-        #[allow(clippy::too_many_arguments)]
         pub(super) fn forward<E: Real>(
             x: &[E],
             shift: Option<&[E]>,
             gamma: &[E],
             beta: &[E],
             d: Dims,
-            epsilon: f64,
-            silu: bool,
+            options: GroupNormSiluOptions,
             out: &mut [E],
             stats: &mut [f64],
         ) {
@@ -638,7 +630,7 @@ mod fused {
                         })
                         .0;
                     }
-                    let r = 1.0 / (squares / len as f64 + epsilon).sqrt();
+                    let r = 1.0 / (squares / len as f64 + options.epsilon).sqrt();
                     stats[0] = mean;
                     stats[1] = r;
                     for k in 0..cpg {
@@ -648,7 +640,7 @@ mod fused {
                         let s = E::of(s);
                         let (plane, out) =
                             (&x[k * hw..(k + 1) * hw], &mut out[k * hw..(k + 1) * hw]);
-                        if silu {
+                        if options.silu {
                             for (o, &v) in out.iter_mut().zip(plane) {
                                 let y = v * s + b;
                                 *o = y / (E::ONE + (-y).exp());
@@ -843,8 +835,11 @@ mod tests {
             let (_, groups, with_shift, act) = case;
             let fused = run(
                 |x, a, g, b| {
-                    assert!(fused::applies(&x, a.as_ref(), &g, &b), "the fused kernel runs");
-                    group_norm_silu(x, a, g, b, groups, 1e-5, act).unwrap()
+                    let args = Args { x, shift: a, gamma: g, beta: b };
+                    assert!(fused::applies(&args), "the fused kernel runs");
+                    let Args { x, shift: a, gamma: g, beta: b } = args;
+                    group_norm_silu(x, a, g, b, GroupNormSiluOptions::new(groups).with_silu(act))
+                        .unwrap()
                 },
                 case,
                 dtype,
@@ -872,7 +867,11 @@ mod tests {
         for case in CASES {
             let (_, groups, _, act) = case;
             let composed = run(
-                |x, a, g, b| group_norm_silu_composed(x, a, g, b, groups, 1e-5, act).unwrap(),
+                |x, a, g, b| {
+                    let options =
+                        GroupNormSiluOptions::new(groups).with_silu(act).with_fused(false);
+                    group_norm_silu(x, a, g, b, options).unwrap()
+                },
                 case,
                 DType::F64,
             );
@@ -888,7 +887,7 @@ mod tests {
         let ([n, c, h, w], groups) = ([2, 4, 3, 2], 2);
         let case = ([n, c, h, w], groups, true, true);
         let analytic = run(
-            |x, a, g, b| group_norm_silu(x, a, g, b, groups, 1e-5, true).unwrap(),
+            |x, a, g, b| group_norm_silu(x, a, g, b, GroupNormSiluOptions::new(groups)).unwrap(),
             case,
             DType::F64,
         );
@@ -908,9 +907,7 @@ mod tests {
                 Some(Tensor::from_data(t(1, vec![n, c]), &dev)),
                 Tensor::from_data(t(2, vec![c]), &dev),
                 Tensor::from_data(t(3, vec![c]), &dev),
-                groups,
-                1e-5,
-                true,
+                GroupNormSiluOptions::new(groups),
             )
             .unwrap();
             values(out).iter().zip(&weight).map(|(o, w)| o * w).sum()
@@ -965,7 +962,8 @@ mod tests {
         let x = random([2, 8, 3, 3], 1, DType::F64, &dev);
         let (g, b) = (random([8], 2, DType::F64, &dev), random([8], 3, DType::F64, &dev));
         let call = |groups, gamma: Tensor<1>, shift: Option<Tensor<2>>| {
-            group_norm_silu(x.clone(), shift, gamma, b.clone(), groups, 1e-5, true).map(|_| ())
+            group_norm_silu(x.clone(), shift, gamma, b.clone(), GroupNormSiluOptions::new(groups))
+                .map(|_| ())
         };
         assert_eq!(
             call(3, g.clone(), None),

@@ -24,9 +24,7 @@ pub mod train;
 pub mod unet;
 
 pub use dual::Dual;
-pub use group_norm_silu::{
-    GroupNormError, GroupNormSilu, group_norm_silu, group_norm_silu_composed,
-};
+pub use group_norm_silu::{GroupNormError, GroupNormSilu, GroupNormSiluOptions, group_norm_silu};
 pub use layers::DualForward;
 pub use mlp::{Activation, Conditioning, ScoreMlp, ScoreMlpConfig};
 pub use train::{
