@@ -316,6 +316,38 @@ mod tests {
     }
 
     #[test]
+    fn fused_forward_has_the_gradients_of_the_composed_dual_value() {
+        // The plain forward runs the fused GroupNorm + SiLU; the dual value composes stock ops.
+        let ad = device().autodiff();
+        let net = NcsnUnetConfig::new().with_width(8).with_groups(4).init(&ad);
+        let x = normal([2, 1, 28, 28], 6).autodiff().require_grad();
+        let (v, w) = (normal([2, 1, 28, 28], 7).autodiff(), normal([2, 1, 28, 28], 8));
+        let s = Tensor::<1>::from_data(TensorData::new(vec![0.1, 0.5], [2]), &ad);
+        let level = NoiseLevel { t: s.clone(), scale: s.ones_like(), sigma: s };
+        let grads_of = |s: Tensor<4>| {
+            let g = s.mul(w.clone().autodiff()).sum().backward();
+            let get = |t: Tensor<2>| t.grad(&g).unwrap().try_into_vec_as::<f64>().unwrap();
+            let get1 = |t: Tensor<1>| t.grad(&g).unwrap().try_into_vec_as::<f64>().unwrap();
+            let block = &net.res1;
+            [
+                x.grad(&g).unwrap().try_into_vec_as::<f64>().unwrap(),
+                get(block.embed.weight.val()),
+                get1(block.norm2.gamma.as_ref().unwrap().val()),
+                get1(block.norm2.beta.as_ref().unwrap().val()),
+                get1(net.norm_out.gamma.as_ref().unwrap().val()),
+            ]
+        };
+        let fused = grads_of(net.score(x.clone(), &level));
+        let composed = grads_of(net.score_jvp(x.clone(), &level, v).0);
+        for (i, (a, b)) in fused.iter().zip(&composed).enumerate() {
+            let scale = b.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
+            for (p, q) in a.iter().zip(b) {
+                assert!((p - q).abs() <= 1e-9 * scale, "gradient {i}: {p} vs {q} (scale {scale})");
+            }
+        }
+    }
+
+    #[test]
     fn preconditioned_unet_has_the_exact_jvp() {
         use scorefield_core::param::{Preconditioned, SigmaTilde};
         let net = NcsnUnetConfig::new().with_width(8).with_groups(4).init(&device());
