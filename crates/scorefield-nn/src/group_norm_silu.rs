@@ -465,7 +465,8 @@ mod fused {
             shift = inputs.shift.as_ref(),
             |E| {
                 let mut out = vec![0.0 as E; x.len()];
-                kernel::forward(x, shift, gamma, beta, d, inputs.options, &mut out, &mut stats);
+                let k = kernel::Slices { x, shift, gamma, beta };
+                kernel::forward(&k, d, inputs.options, &mut out, &mut stats);
                 tensor(out, &[d.n, d.c, d.h, d.w])
             }
         );
@@ -492,8 +493,8 @@ mod fused {
                 let mut dx = vec![0.0 as E; x.len()];
                 // Per (sample, channel): Σ dy, Σ dy·x̂, Σ ∂ℓ/∂z.
                 let mut sums = vec![[0.0f64; 3]; d.n * d.c];
-                let k = kernel::Saved { x, shift, gamma, beta, stats: &state.stats };
-                kernel::backward(&k, grad, d, inputs.options.silu, &mut dx, &mut sums);
+                let k = kernel::Slices { x, shift, gamma, beta };
+                kernel::backward(&k, &state.stats, grad, d, inputs.options.silu, &mut dx, &mut sums);
                 let reduce = |j: usize| -> Vec<E> {
                     (0..d.c).map(|c| (0..d.n).map(|n| sums[n * d.c + c][j]).sum::<f64>() as E).collect()
                 };
@@ -559,7 +560,7 @@ mod fused {
             let p = p * r + 8.333_452e-3;
             let p = p * r + 4.166_579_6e-2;
             let p = p * r + 1.666_666_5e-1;
-            let p = p * r + 5.000_000_1e-1;
+            let p = p * r + 0.5;
             let e = p * r * r + r + 1.0;
             e * f32::from_bits(((n as i32 + 127) << 23) as u32)
         }
@@ -598,15 +599,13 @@ mod fused {
 
         /// The forward over every (sample, group) in parallel; `stats` gets `(μ, r)` of each.
         pub(super) fn forward<E: Real>(
-            x: &[E],
-            shift: Option<&[E]>,
-            gamma: &[E],
-            beta: &[E],
+            k: &Slices<'_, E>,
             d: Dims,
             options: GroupNormSiluOptions,
             out: &mut [E],
             stats: &mut [f64],
         ) {
+            let Slices { x, shift, gamma, beta } = *k;
             let (cpg, hw, len) = (d.cpg(), d.hw(), d.len());
             out.par_chunks_mut(len)
                 .zip(x.par_chunks(len))
@@ -654,19 +653,20 @@ mod fused {
                 });
         }
 
-        /// What the forward saved.
-        pub(super) struct Saved<'a, E> {
+        /// The input slices of one call.
+        #[derive(Clone, Copy)]
+        pub(super) struct Slices<'a, E> {
             pub(super) x: &'a [E],
             pub(super) shift: Option<&'a [E]>,
             pub(super) gamma: &'a [E],
             pub(super) beta: &'a [E],
-            pub(super) stats: &'a [f64],
         }
 
         /// The backward over every (sample, group) in parallel: `dx` gets `∂ℓ/∂x`, `sums`
         /// per (sample, channel) `[Σ dy, Σ dy·x̂, Σ ∂ℓ/∂z]`.
         pub(super) fn backward<E: Real>(
-            k: &Saved<'_, E>,
+            k: &Slices<'_, E>,
+            stats: &[f64],
             grad: &[E],
             d: Dims,
             silu: bool,
@@ -680,10 +680,10 @@ mod fused {
                     let base = i * len;
                     let (x, g) = (&k.x[base..base + len], &grad[base..base + len]);
                     let a = |c: usize| k.shift.map_or(0.0, |s| s[n * d.c + c0 + c].into());
-                    let (mean, r) = (k.stats[2 * i], k.stats[2 * i + 1]);
+                    let (mean, r) = (stats[2 * i], stats[2 * i + 1]);
                     // Pass 1: dy into dx, Σ dy and Σ dy·x̂ per channel.
                     let (mut m1, mut m2) = (0.0, 0.0);
-                    for c in 0..cpg {
+                    for (c, sum) in sums.iter_mut().enumerate() {
                         let gamma = k.gamma[c0 + c].into();
                         let s = gamma * r;
                         let offset = a(c) - mean;
@@ -704,14 +704,14 @@ mod fused {
                             dy[j] = dyj;
                             (dyj.into(), (dyj * xhat).into())
                         });
-                        sums[c][0] = sdy;
-                        sums[c][1] = sdyx;
+                        sum[0] = sdy;
+                        sum[1] = sdyx;
                         m1 += gamma * sdy;
                         m2 += gamma * sdyx;
                     }
                     let (m1, m2) = (m1 / len as f64, m2 / len as f64);
                     // Pass 2: ∂ℓ/∂z = r(γ·dy − m1 − x̂·m2), and Σ ∂ℓ/∂z per channel.
-                    for c in 0..cpg {
+                    for (c, sum) in sums.iter_mut().enumerate() {
                         let gamma = k.gamma[c0 + c].into();
                         let offset = (a(c) - mean) * r;
                         // r(γ dy − m1 − (x r + offset) m2) = dy·(rγ) + x·(−r² m2) + (−r m1 − r offset m2)
@@ -722,7 +722,7 @@ mod fused {
                         );
                         let range = c * hw..(c + 1) * hw;
                         let (x, dz) = (&x[range.clone()], &mut dx[range]);
-                        sums[c][2] = sum2(hw, |j| {
+                        sum[2] = sum2(hw, |j| {
                             let v = dz[j] * p + x[j] * q + t;
                             dz[j] = v;
                             (v.into(), 0.0)
@@ -914,7 +914,7 @@ mod tests {
         };
         let eps = 1e-6;
         for (which, grad) in analytic[1..].iter().enumerate() {
-            for j in 0..inputs[which].len() {
+            for (j, g) in grad.iter().enumerate() {
                 let orig = inputs[which][j];
                 inputs[which][j] = orig + eps;
                 let plus = loss(&inputs);
@@ -922,12 +922,8 @@ mod tests {
                 let minus = loss(&inputs);
                 inputs[which][j] = orig;
                 let fd = (plus - minus) / (2.0 * eps);
-                let d = (grad[j] - fd).abs();
-                assert!(
-                    d <= 1e-6 * fd.abs().max(1.0),
-                    "input {which}[{j}]: {} vs fd {fd}",
-                    grad[j]
-                );
+                let d = (g - fd).abs();
+                assert!(d <= 1e-6 * fd.abs().max(1.0), "input {which}[{j}]: {g} vs fd {fd}");
             }
         }
     }
