@@ -7,12 +7,16 @@
 //!
 //! - [`mlp::ScoreMlp`]: a time-conditioned MLP score network with exact `ScoreJvp`.
 //! - [`unet::NcsnUnet`]: the NCSN-style U-Net for 28×28 images, exact `ScoreJvp`.
-//! - [`embedding`]: the sinusoidal noise-level embedding.
+//! - [`embedding`]: the sinusoidal noise-level embedding and the class embedding of
+//!   class-conditional networks (`classes > 0`: a null class for classifier-free guidance).
+//! - [`classifier::NoisyClassifierMlp`]: a noise-conditional classifier for classifier
+//!   guidance.
 //! - [`train::Trainer`]: Adam with a learning-rate schedule (warm-up, then constant, cosine or
 //!   EDM2's inverse square root), global-norm clipping, an EMA of the weights, EDM2's post-hoc
 //!   EMA ([`train::reconstruct`]) and atomic checkpoints that resume bit for bit.
 #![deny(missing_docs)]
 
+pub mod classifier;
 pub mod dual;
 pub mod embedding;
 pub mod layers;
@@ -20,6 +24,7 @@ pub mod mlp;
 pub mod train;
 pub mod unet;
 
+pub use classifier::{NoisyClassifierMlp, NoisyClassifierMlpConfig};
 pub use dual::Dual;
 pub use layers::DualForward;
 pub use mlp::{Activation, Conditioning, ScoreMlp, ScoreMlpConfig};
@@ -27,7 +32,7 @@ pub use train::{
     Callback, CheckpointError, CheckpointInfo, Checkpoints, DataPredictionConfig, EmaWarmup,
     EpsilonPredictionConfig, FitError, FitSummary, LossCsv, LossLog, LossRow, LrDecay, ModelConfig,
     PostHocEma, PreconditionedConfig, Progress, ScorePredictionConfig, SigmaTildeConfig,
-    StepReport, Trainer, TrainerConfig, VPredictionConfig, read_checkpoint,
+    StepReport, TrainBatch, Trainer, TrainerConfig, VPredictionConfig, read_checkpoint,
 };
 pub use unet::{NcsnUnet, NcsnUnetConfig};
 

@@ -116,4 +116,4 @@ pub use posthoc_ema::{
     reconstruct, sigma_rel_to_gamma, solve_posthoc,
 };
 pub use schedule::{InverseSqrtLr, LinearWarmupLr, LrDecay, LrScheduleState};
-pub use trainer::{EmaWarmup, StepReport, Trainer, TrainerConfig};
+pub use trainer::{EmaWarmup, StepReport, TrainBatch, Trainer, TrainerConfig};

@@ -4,8 +4,10 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
-use rand::SeedableRng;
 use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use scorefield_core::condition::Condition;
+use scorefield_core::objective::{ConditionalObjective, LossOutput};
 use scorefield_core::{Error, Objective};
 
 use super::params::{ema_update, global_grad_norm, scale_grads};
@@ -212,6 +214,45 @@ impl<M: Module> std::fmt::Debug for Trainer<M> {
     }
 }
 
+/// What [`Trainer::step`] trains on: a data batch `x₀` (an [`Objective`]'s), or `(x₀, y)`, a
+/// batch with one condition per sample (a [`ConditionalObjective`]'s: a class-conditional
+/// score model under any score-matching objective, a noise-conditional classifier).
+pub trait TrainBatch<M, O: ?Sized, const D: usize> {
+    /// The objective's loss of `model` on this batch.
+    fn loss(
+        self,
+        objective: &O,
+        model: &M,
+        rng: &mut dyn RngCore,
+    ) -> scorefield_core::Result<LossOutput>;
+}
+
+impl<M, O: Objective<M, D> + ?Sized, const D: usize> TrainBatch<M, O, D> for Tensor<D> {
+    fn loss(
+        self,
+        objective: &O,
+        model: &M,
+        rng: &mut dyn RngCore,
+    ) -> scorefield_core::Result<LossOutput> {
+        objective.loss(model, self, rng)
+    }
+}
+
+impl<M, O, C, const D: usize> TrainBatch<M, O, D> for (Tensor<D>, C)
+where
+    O: ConditionalObjective<M, D, C> + ?Sized,
+    C: Condition,
+{
+    fn loss(
+        self,
+        objective: &O,
+        model: &M,
+        rng: &mut dyn RngCore,
+    ) -> scorefield_core::Result<LossOutput> {
+        objective.loss_given(model, self.0, &self.1, rng)
+    }
+}
+
 /// The random stream of a step: `0` for the objective, `1` for the batch.
 const LOSS_STREAM: u64 = 0;
 const BATCH_STREAM: u64 = 1;
@@ -296,23 +337,26 @@ impl<M: Module> Trainer<M> {
         StdRng::seed_from_u64(stream_seed(self.config.seed, self.step, BATCH_STREAM))
     }
 
-    /// One optimisation step on the batch `x0` (see the [module docs](self) for the update).
-    /// Returns the loss, the per-sample losses and their noise levels.
+    /// One optimisation step on `batch` (see the [module docs](self) for the update): a data
+    /// batch `x₀` for an [`Objective`], or `(x₀, y)` with a condition per sample for a
+    /// [`ConditionalObjective`] ([`TrainBatch`]). Returns the loss, the per-sample losses and
+    /// their noise levels.
     ///
     /// Errors with [`Error::NonFinite`] if the loss or the gradient norm is NaN or infinite,
     /// and with the objective's error if it fails; the model, the EMA, Adam's state and the
     /// step counter are then unchanged.
-    pub fn step<O, const D: usize>(
+    pub fn step<O, B, const D: usize>(
         &mut self,
         objective: &O,
-        x0: Tensor<D>,
+        batch: B,
     ) -> scorefield_core::Result<StepReport>
     where
-        O: Objective<M, D> + ?Sized,
+        O: ?Sized,
+        B: TrainBatch<M, O, D>,
     {
         let step = self.step;
         let mut rng = StdRng::seed_from_u64(stream_seed(self.config.seed, step, LOSS_STREAM));
-        let out = objective.loss(&self.model, x0, &mut rng)?;
+        let out = batch.loss(objective, &self.model, &mut rng)?;
         let loss = out.loss.clone().inner().into_scalar::<f64>();
         if !loss.is_finite() {
             return Err(Error::NonFinite { context: format!("training loss at step {step}") });
