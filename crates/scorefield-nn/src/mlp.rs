@@ -487,6 +487,32 @@ mod tests {
         }
     }
 
+    /// A class-conditional MLP's JVP given labels is exact for every conditioning (the class
+    /// embedding is constant in `x`), and the labels change the score.
+    #[test]
+    fn conditional_mlp_jvp_given_labels_is_exact() {
+        let labels = Labels::new(vec![Some(0), Some(2), None, Some(1), Some(2)], 3).unwrap();
+        for conditioning in
+            [Conditioning::None, Conditioning::LogSigma, Conditioning::LogSigmaInput]
+        {
+            let mlp = ScoreMlpConfig::new(3)
+                .with_hidden(16)
+                .with_conditioning(conditioning)
+                .with_scale_by_sigma(true)
+                .with_classes(3)
+                .init(&device());
+            let (x, v) = (normal([5, 3], 3), normal([5, 3], 4));
+            let level = level(5);
+            let dual = mlp.forward_dual_given(x.clone(), &level, v.clone(), &labels);
+            let plain = mlp.score_given(x.clone(), &level, &labels);
+            let diff = dual.value.sub(plain.clone()).abs().max().into_scalar::<f64>();
+            assert!(diff < 1e-12, "dual value differs from the plain forward by {diff}");
+            assert_jvp(|x| mlp.score_given(x, &level, &labels), x.clone(), v, dual.tangent);
+            let null = mlp.score_given(x, &level, &labels.to_null());
+            assert!(plain.sub(null).abs().max().into_scalar::<f64>() > 1e-3);
+        }
+    }
+
     /// Every parameterisation of a network is a [`ScoreJvp`] whose JVP is exact: it equals
     /// central differences of its own score, on a VP-like level (`m ≠ 1`), and its value the
     /// plain score; `K` tangents at once equal the tiled single ones.

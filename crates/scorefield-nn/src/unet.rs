@@ -425,6 +425,26 @@ mod tests {
         assert_jvp(|x| net.score(x, &level), x, v, jvp);
     }
 
+    /// The class embedding adds `(classes + 1)·embedding_hidden` parameters, and the JVP given
+    /// labels stays exact.
+    #[test]
+    fn conditional_unet_has_the_exact_jvp_given_labels() {
+        let net = NcsnUnetConfig::new().with_classes(10).init(&device());
+        assert_eq!(net.num_params(), 789_153 + 11 * 128);
+        let net =
+            NcsnUnetConfig::new().with_width(8).with_groups(4).with_classes(3).init(&device());
+        let labels = Labels::new(vec![Some(2), None], 3).unwrap();
+        let (x, v) = (normal([2, 1, 28, 28], 6), normal([2, 1, 28, 28], 7));
+        let level = level(2);
+        let dual = net.forward_dual_given(x.clone(), &level, v.clone(), &labels);
+        let plain = net.score_given(x.clone(), &level, &labels);
+        let diff = dual.value.sub(plain.clone()).abs().max().into_scalar::<f64>();
+        assert!(diff < 1e-10, "dual value differs from the plain forward by {diff}");
+        assert_jvp(|x| net.score_given(x, &level, &labels), x.clone(), v, dual.tangent);
+        let other = net.score_given(x, &level, &Labels::new(vec![Some(0), Some(1)], 3).unwrap());
+        assert!(plain.sub(other).abs().max().into_scalar::<f64>() > 1e-6);
+    }
+
     #[test]
     fn preconditioned_unet_has_the_exact_jvp() {
         use scorefield_core::param::{Preconditioned, SigmaTilde};
