@@ -354,6 +354,29 @@ pub fn accuracy(
     Ok(correct as f64 / indices.len() as f64)
 }
 
+/// The share of `images` (`[N, 1, 28, 28]` in `[0, 1]`) whose most probable class is the
+/// corresponding entry of `labels`: how often generated digits are the digit that was asked
+/// for (conditional sampling) or the digit they were completed from (inpainting).
+///
+/// Errors with [`Error::ShapeMismatch`] unless there is one label per image and at least one.
+pub fn label_agreement(
+    classifier: &MnistClassifier,
+    images: Tensor<4>,
+    labels: &[usize],
+) -> scorefield_core::Result<f64> {
+    let n = images.dims()[0];
+    if n != labels.len() || n == 0 {
+        return Err(Error::ShapeMismatch {
+            context: "label_agreement",
+            expected: format!("one label per image ({n}), at least one"),
+            got: format!("{} labels", labels.len()),
+        });
+    }
+    let probs = host_rows(classifier.logits(images))?;
+    let agree = probs.chunks(CLASSES).zip(labels).filter(|(row, y)| argmax(row) == **y).count();
+    Ok(agree as f64 / n as f64)
+}
+
 /// A rank-2 tensor's values on the host, row-major, in f64.
 fn host_rows(x: Tensor<2>) -> scorefield_core::Result<Vec<f64>> {
     x.try_into_vec_as::<f64>()
