@@ -135,7 +135,7 @@ fn run(args: Args) -> AnyResult<()> {
         trainer
     } else {
         device.seed(args.seed);
-        let unet = NcsnUnetConfig::new().with_width(args.width).with_classes(CLASSES);
+        let unet = NcsnUnetConfig::new().with_width(args.width).with_classes(Some(CLASSES));
         let config = TrainerConfig::new()
             .with_learning_rate(args.lr)
             .with_ema_decay(args.ema_decay)

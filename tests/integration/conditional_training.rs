@@ -77,7 +77,7 @@ fn relative_error(s: Tensor<2>, exact: Tensor<2>, level: &NoiseLevel) -> f64 {
 fn a_class_conditional_mlp_learns_the_exact_conditional_and_null_class_scores() {
     let device = flex();
     let config = ScoreMlpConfig::new(2).with_hidden(64).with_layers(2).with_scale_by_sigma(true);
-    let config = config.with_classes(3);
+    let config = config.with_classes(Some(3));
     let trainer_config = TrainerConfig::new().with_batch_size(256).with_learning_rate(3e-3);
     let mut trainer = Trainer::from_config(&config, trainer_config, &device).unwrap();
     let objective =
@@ -161,7 +161,7 @@ fn a_noisy_classifier_approaches_the_bayes_classifier() {
 #[test]
 fn guidance_of_a_preconditioned_conditional_network_interpolates_exactly() {
     let device = flex();
-    let net = ScoreMlpConfig::new(2).with_classes(3).init(&device);
+    let net = ScoreMlpConfig::new(2).with_classes(Some(3)).init(&device);
     let model = Preconditioned::new(net, 0.5).unwrap();
     let (x, level, labels) = noisy(5, 3);
     let at =
@@ -177,8 +177,9 @@ fn guidance_of_a_preconditioned_conditional_network_interpolates_exactly() {
 #[test]
 fn conditional_networks_without_labels_or_with_foreign_labels_are_typed_errors() {
     let device = flex();
-    let mlp = ScoreMlpConfig::new(2).with_classes(3).init(&device);
-    let unet = NcsnUnetConfig::new().with_width(8).with_groups(4).with_classes(10).init(&device);
+    let mlp = ScoreMlpConfig::new(2).with_classes(Some(3)).init(&device);
+    let unet =
+        NcsnUnetConfig::new().with_width(8).with_groups(4).with_classes(Some(10)).init(&device);
     let grid = Grid::from_sigmas(Karras::edm(), &[1.0, 0.5]).unwrap();
     let driver = Driver::new(EulerAncestral::default(), grid);
     let objective = DenoisingScoreMatching::single(0.5).unwrap();
@@ -191,8 +192,8 @@ fn conditional_networks_without_labels_or_with_foreign_labels_are_typed_errors()
     let init = Tensor::<2>::zeros([4, 2], &device);
     missing(driver.run(&mlp, init.clone(), &mut PerSampleNoise::new(0, 4), &mut ()).unwrap_err());
     missing(objective.loss(&mlp, init.clone(), &mut rng).unwrap_err());
-    let pre =
-        Preconditioned::new(ScoreMlpConfig::new(2).with_classes(3).init(&device), 0.5).unwrap();
+    let pre = Preconditioned::new(ScoreMlpConfig::new(2).with_classes(Some(3)).init(&device), 0.5)
+        .unwrap();
     missing(driver.run(&pre, init.clone(), &mut PerSampleNoise::new(0, 4), &mut ()).unwrap_err());
     let images = Tensor::<4>::zeros([2, 1, 28, 28], &device);
     missing(objective.loss(&unet, images.clone(), &mut rng).unwrap_err());

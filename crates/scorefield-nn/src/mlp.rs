@@ -110,10 +110,10 @@ pub struct ScoreMlpConfig {
     /// Divide the output by σ (NCSN's parameterisation, so the network predicts `−z`).
     #[config(default = false)]
     pub scale_by_sigma: bool,
-    /// The number of classes of a class-conditional network (0, the default: unconditional):
-    /// an embedding of `classes + 1` rows (the last the null class) added to the first layer.
-    #[config(default = 0)]
-    pub classes: usize,
+    /// The number of classes `K ≥ 1` of a class-conditional network (`None`, the default:
+    /// unconditional): an embedding of `K + 1` rows (the last the null class) added to the
+    /// first layer. (An `Option`, so that older saved configurations still read.)
+    pub classes: Option<usize>,
 }
 
 impl ScoreMlpConfig {
@@ -156,9 +156,11 @@ impl ScoreMlpConfig {
             conditioning: self.conditioning,
             scale_by_sigma: self.scale_by_sigma,
             embedding: self.embedding,
-            class_embed: (self.classes > 0)
-                .then(|| EmbeddingConfig::new(self.classes + 1, h).init(device)),
-            classes: self.classes,
+            class_embed: self
+                .classes
+                .filter(|&k| k > 0)
+                .map(|k| EmbeddingConfig::new(k + 1, h).init(device)),
+            classes: self.classes.unwrap_or(0),
         }
     }
 }
@@ -499,7 +501,7 @@ mod tests {
                 .with_hidden(16)
                 .with_conditioning(conditioning)
                 .with_scale_by_sigma(true)
-                .with_classes(3)
+                .with_classes(Some(3))
                 .init(&device());
             let (x, v) = (normal([5, 3], 3), normal([5, 3], 4));
             let level = level(5);

@@ -59,11 +59,11 @@ pub struct NcsnUnetConfig {
     /// Width of the noise embedding MLP.
     #[config(default = 128)]
     pub embedding_hidden: usize,
-    /// The number of classes of a class-conditional network (0, the default: unconditional).
-    /// A conditional network learns an embedding of `classes + 1` rows, the last the null
-    /// class, added to the noise embedding.
-    #[config(default = 0)]
-    pub classes: usize,
+    /// The number of classes `K ≥ 1` of a class-conditional network (`None`, the default:
+    /// unconditional). A conditional network learns an embedding of `K + 1` rows, the last
+    /// the null class, added to the noise embedding. (An `Option`, so that the configuration
+    /// of a network saved before conditioning existed still reads.)
+    pub classes: Option<usize>,
 }
 
 fn conv3(cin: usize, cout: usize, stride: usize, device: &Device) -> Conv2d {
@@ -89,6 +89,7 @@ impl NcsnUnetConfig {
         }
         assert!(self.embedding.is_multiple_of(2), "NcsnUnetConfig: embedding must be even");
         let e = self.embedding_hidden;
+        let classes = self.classes.unwrap_or(0);
         let block = |cin, cout| ResBlock::new(cin, cout, e, self.groups, device);
         NcsnUnet {
             embed_in: LinearConfig::new(self.embedding, e).init(device),
@@ -105,11 +106,10 @@ impl NcsnUnetConfig {
             res_up2: block(2 * w1, w1),
             norm_out: GroupNormConfig::new(self.groups, w1).init(device),
             conv_out: conv3(w1, self.channels, 1, device),
-            class_embed: (self.classes > 0)
-                .then(|| EmbeddingConfig::new(self.classes + 1, e).init(device)),
+            class_embed: (classes > 0).then(|| EmbeddingConfig::new(classes + 1, e).init(device)),
             embedding: self.embedding,
             channels: self.channels,
-            classes: self.classes,
+            classes,
         }
     }
 }
@@ -429,10 +429,13 @@ mod tests {
     /// labels stays exact.
     #[test]
     fn conditional_unet_has_the_exact_jvp_given_labels() {
-        let net = NcsnUnetConfig::new().with_classes(10).init(&device());
+        let net = NcsnUnetConfig::new().with_classes(Some(10)).init(&device());
         assert_eq!(net.num_params(), 789_153 + 11 * 128);
-        let net =
-            NcsnUnetConfig::new().with_width(8).with_groups(4).with_classes(3).init(&device());
+        let net = NcsnUnetConfig::new()
+            .with_width(8)
+            .with_groups(4)
+            .with_classes(Some(3))
+            .init(&device());
         let labels = Labels::new(vec![Some(2), None], 3).unwrap();
         let (x, v) = (normal([2, 1, 28, 28], 6), normal([2, 1, 28, 28], 7));
         let level = level(2);
