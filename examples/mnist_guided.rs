@@ -41,7 +41,7 @@ use rand::Rng;
 use rand::rngs::StdRng;
 use scorefield::condition::{ClassifierFree, Given, Labels};
 use scorefield::data::mnist::{Mnist, MnistError};
-use scorefield::data::quality::{self, MnistClassifier};
+use scorefield::eval::{self, MnistClassifier};
 use scorefield::nn::{
     Checkpoints, NcsnUnet, NcsnUnetConfig, PreconditionedConfig, Progress, Trainer, TrainerConfig,
 };
@@ -157,7 +157,7 @@ fn run(args: Args) -> AnyResult<()> {
             None
         }
     };
-    let held_out: Vec<usize> = quality::CLASSIFIER_HELD_OUT.filter(|&i| i < data.len()).collect();
+    let held_out: Vec<usize> = eval::CLASSIFIER_HELD_OUT.filter(|&i| i < data.len()).collect();
     let mut report = guided(&args, trainer.ema(), classifier.as_ref(), &data, &held_out, &device)?;
     report += &inpaint(&args, trainer.ema(), classifier.as_ref(), &data, &held_out, &device)?;
     let path = args.out.join("quality.txt");
@@ -174,7 +174,7 @@ fn train(
     data: &Mnist,
     device: &Device,
 ) -> AnyResult<Trainer<Model>> {
-    let train_len = quality::CLASSIFIER_HELD_OUT.start.min(data.len());
+    let train_len = eval::CLASSIFIER_HELD_OUT.start.min(data.len());
     let objective = DenoisingScoreMatching::edm(-1.2, 1.2, SIGMA_DATA)?;
     let batch_size = trainer.config().batch_size; // the checkpoint's, when resumed
     println!(
@@ -242,8 +242,8 @@ fn guided(
         scorefield::data::image::grid(images.clone(), args.per_class)?.save(&file)?;
         let line = match classifier {
             Some(c) => {
-                let agreement = quality::label_agreement(c, images.clone(), &asked)?;
-                let r = quality::evaluate(c, images, reference.clone())?;
+                let agreement = eval::label_agreement(c, images.clone(), &asked)?;
+                let r = eval::evaluate(c, images, reference.clone())?;
                 format!(
                     "{w} | {:.1} % | {:.1} % | {:.1} | {seconds:.1}\n",
                     100.0 * agreement,
@@ -318,7 +318,7 @@ fn inpaint(
         scorefield::data::image::grid(grid, c + 2)?.save(&file)?;
         let line = match classifier {
             Some(cl) => {
-                let agreement = quality::label_agreement(cl, completed, &asked)?;
+                let agreement = eval::label_agreement(cl, completed, &asked)?;
                 let name = if resamples > 1 {
                     format!("{name} ({resamples} passes)")
                 } else {
