@@ -204,7 +204,7 @@ fn shards<const D: usize>(x0: Tensor<D>, n: usize) -> Result<Vec<Tensor<D>>> {
         return Ok(vec![x0]);
     }
     let b = x0.dims()[0];
-    if b % n != 0 || b == 0 {
+    if b == 0 || !b.is_multiple_of(n) {
         return Err(Error::invalid(
             "batch",
             b,
@@ -230,9 +230,9 @@ fn host_losses(outs: &[LossOutput], step: u64) -> Result<BatchLosses> {
         sum += loss;
         merged.per_sample.extend(host(&out.per_sample).unwrap_or_default());
         let level = out.level.as_ref();
-        let append = |acc: &mut Option<Vec<f64>>, values: Option<Vec<f64>>| match values {
-            Some(v) => acc.iter_mut().for_each(|a| a.extend_from_slice(&v)),
-            None => *acc = None,
+        let append = |acc: &mut Option<Vec<f64>>, values: Option<Vec<f64>>| match (acc, values) {
+            (Some(a), Some(v)) => a.extend(v),
+            (acc, _) => *acc = None,
         };
         append(&mut sigma, level.and_then(|l| host(&l.sigma)));
         append(&mut t, level.and_then(|l| host(&l.t)));
