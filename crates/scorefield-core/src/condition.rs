@@ -169,11 +169,32 @@ impl Labels {
 pub trait Condition {
     /// The number of samples it conditions.
     fn batch_size(&self) -> usize;
+
+    /// The conditions of `n` equal consecutive shards of the batch, for data-parallel
+    /// training; `None` if the condition cannot be split that way (the default: a trainer
+    /// with several ranks then refuses the batch with a typed error).
+    fn shards(&self, _n: usize) -> Option<Vec<Self>>
+    where
+        Self: Sized,
+    {
+        None
+    }
 }
 
 impl Condition for Labels {
     fn batch_size(&self) -> usize {
         self.len()
+    }
+
+    /// `None` unless the batch size is a positive multiple of `n`.
+    fn shards(&self, n: usize) -> Option<Vec<Self>> {
+        let b = self.len();
+        if n == 0 || b == 0 || !b.is_multiple_of(n) {
+            return None;
+        }
+        let size = b / n;
+        let shard = |ids: &[Option<usize>]| Labels { ids: ids.to_vec(), classes: self.classes };
+        Some(self.ids.chunks(size).map(shard).collect())
     }
 }
 

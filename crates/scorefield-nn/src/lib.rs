@@ -29,10 +29,11 @@ pub use dual::Dual;
 pub use layers::DualForward;
 pub use mlp::{Activation, Conditioning, ScoreMlp, ScoreMlpConfig};
 pub use train::{
-    Callback, CheckpointError, CheckpointInfo, Checkpoints, DataPredictionConfig, EmaWarmup,
-    EpsilonPredictionConfig, FitError, FitSummary, LossCsv, LossLog, LossRow, LrDecay, ModelConfig,
-    PostHocEma, PreconditionedConfig, Progress, ScorePredictionConfig, SigmaTildeConfig,
-    StepReport, TrainBatch, Trainer, TrainerConfig, VPredictionConfig, read_checkpoint,
+    Callback, CheckpointError, CheckpointInfo, Checkpoints, DataParallel, DataPredictionConfig,
+    EmaWarmup, EpsilonPredictionConfig, FitError, FitSummary, LossCsv, LossLog, LossRow, LrDecay,
+    ModelConfig, PostHocEma, PreconditionedConfig, Progress, ScorePredictionConfig,
+    SigmaTildeConfig, StepReport, TrainBatch, Trainer, TrainerConfig, VPredictionConfig,
+    read_checkpoint,
 };
 pub use unet::{NcsnUnet, NcsnUnetConfig};
 

@@ -478,6 +478,7 @@ impl<M: Module> Trainer<M> {
             config: info.trainer,
             model_config: info.model_config,
             step: info.step,
+            parallel: None,
         })
     }
 }
