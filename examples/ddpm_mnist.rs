@@ -2,7 +2,7 @@
 //! β schedule (`T = 1000`, β 1e-4 → 0.02), sampled with the ancestral sampler (all 1000 steps)
 //! and with DDIM (50 steps, η = 0), and scored with the variational bound in bits/dim on
 //! held-out digits and, when the classifier of the `mnist_classifier` example has been saved,
-//! with the sample-quality report of `scorefield::data::quality`.
+//! with the sample-quality report of `scorefield::eval`.
 //!
 //! ```text
 //! cargo run --release --example mnist_classifier -- --data-dir ../shared/data/mnist  # optional
@@ -67,7 +67,7 @@ use rand::rngs::StdRng;
 use rand::seq::index::sample;
 use scorefield::data::image::grid;
 use scorefield::data::mnist::Mnist;
-use scorefield::data::quality::{self, MnistClassifier, QualityReport};
+use scorefield::eval::{self, MnistClassifier, QualityReport};
 use scorefield::nn::{
     Checkpoints, EpsilonPredictionConfig, FitError, NcsnUnet, NcsnUnetConfig, Progress,
     SigmaTildeConfig, StepReport, Trainer, TrainerConfig,
@@ -193,7 +193,7 @@ fn run() -> cli::AnyResult<()> {
     let (device, dir, data) = args.mnist.open()?;
     // The last 2,000 digits are held out: the bound is measured on them and they are the
     // reference of the quality report (on the test split, the classifier's held-out digits).
-    let held_out_len = quality::CLASSIFIER_HELD_OUT.len();
+    let held_out_len = eval::CLASSIFIER_HELD_OUT.len();
     if data.len() <= held_out_len {
         return Err(format!("need more than {held_out_len} digits, found {}", data.len()).into());
     }
@@ -300,12 +300,9 @@ fn run() -> cli::AnyResult<()> {
     match MnistClassifier::load(&args.classifier, &device) {
         Ok(classifier) => {
             let report = |name: &str, r: QualityReport| println!("quality of the {name}: {r}");
-            report(
-                "DDIM samples",
-                quality::evaluate(&classifier, ddim_samples, reference.clone())?,
-            );
+            report("DDIM samples", eval::evaluate(&classifier, ddim_samples, reference.clone())?);
             if let Some(samples) = ancestral_samples.filter(|s| s.dims()[0] >= 2) {
-                report("ancestral samples", quality::evaluate(&classifier, samples, reference)?);
+                report("ancestral samples", eval::evaluate(&classifier, samples, reference)?);
             }
             println!(
                 "(calibrate with `cargo run --release --example sample_quality`: real digits \

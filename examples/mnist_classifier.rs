@@ -1,5 +1,5 @@
 //! Trains the small MNIST classifier that judges generated digits
-//! (`scorefield::data::quality`) and saves it for `ddpm_mnist` and `sample_quality`.
+//! (`scorefield::eval`) and saves it for `ddpm_mnist` and `sample_quality`.
 //!
 //! ```text
 //! cargo run --release --example mnist_classifier -- --data-dir ../shared/data/mnist
@@ -23,7 +23,7 @@ use std::time::Instant;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use mnist_args::MnistArgs;
-use scorefield::data::quality::{
+use scorefield::eval::{
     CLASSIFIER_HELD_OUT, CLASSIFIER_TRAIN, ClassifierTrainingConfig, MnistClassifierConfig,
     accuracy, train_classifier,
 };

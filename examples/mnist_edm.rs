@@ -38,7 +38,7 @@ use clap::Parser;
 use rand::Rng;
 use rand::rngs::StdRng;
 use scorefield::data::mnist::{Mnist, MnistError};
-use scorefield::data::quality::{self, MnistClassifier};
+use scorefield::eval::{self, MnistClassifier};
 use scorefield::nn::{
     CheckpointError, Checkpoints, ModelConfig, NcsnUnet, NcsnUnetConfig, PreconditionedConfig,
     Progress, Trainer, TrainerConfig, read_checkpoint,
@@ -198,7 +198,7 @@ fn sample_all(args: &Args, model: &Model, data: &Mnist, device: &Device) -> AnyR
             None
         }
     };
-    let reference_len = quality::CLASSIFIER_HELD_OUT.len().min(data.len());
+    let reference_len = eval::CLASSIFIER_HELD_OUT.len().min(data.len());
     let reference: Vec<usize> = (data.len() - reference_len..data.len()).collect();
     let reference = data.images(&reference, device)?;
     let mut table = String::from(
@@ -212,7 +212,7 @@ fn sample_all(args: &Args, model: &Model, data: &Mnist, device: &Device) -> AnyR
         scorefield::data::image::grid(images.clone(), 8)?.save(&file)?;
         let line = match &classifier {
             Some(c) => {
-                let r = quality::evaluate(c, images, reference.clone())?;
+                let r = eval::evaluate(c, images, reference.clone())?;
                 format!(
                     "{name} | {nfe} | {:.1} % | {:.1} | {seconds:.1}\n",
                     100.0 * r.confident_share,

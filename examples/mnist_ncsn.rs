@@ -49,7 +49,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use scorefield::data::mnist::{self, Mnist, MnistError, Split};
 use scorefield::data::plot;
-use scorefield::data::quality::{self, MnistClassifier};
+use scorefield::eval::{self, MnistClassifier};
 use scorefield::nn::train::every as fit_every;
 use scorefield::nn::{
     Callback, Checkpoints, FitError, LossCsv, NcsnUnet, NcsnUnetConfig, Progress, StepReport,
@@ -354,9 +354,9 @@ fn report_quality(args: &Args, samples: Tensor<4>, data: &Mnist, device: &Device
             return Ok(());
         }
     };
-    let reference_len = quality::CLASSIFIER_HELD_OUT.len().min(data.len());
+    let reference_len = eval::CLASSIFIER_HELD_OUT.len().min(data.len());
     let indices: Vec<usize> = (data.len() - reference_len..data.len()).collect();
-    let report = quality::evaluate(&classifier, samples, data.images(&indices, device)?)?;
+    let report = eval::evaluate(&classifier, samples, data.images(&indices, device)?)?;
     let text = format!(
         "{report}\n(calibrate with `cargo run --release --example sample_quality`: real digits \
          against real digits of the same counts, and noise)\n"

@@ -1,4 +1,4 @@
-//! Calibrates the sample-quality numbers of `scorefield::data::quality` (the confident share
+//! Calibrates the sample-quality numbers of `scorefield::eval` (the confident share
 //! and the Fréchet distance on the classifier's features) on images whose quality is known:
 //! real held-out digits against real digits (the floor, at several sample counts, since the
 //! Fréchet distance is biased upwards for small samples), real digits degraded by noise, one
@@ -27,7 +27,7 @@ use clap::Parser;
 use mnist_args::MnistArgs;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use scorefield::data::quality::{self, CLASSIFIER_HELD_OUT, CLASSIFIER_TRAIN, MnistClassifier};
+use scorefield::eval::{self, CLASSIFIER_HELD_OUT, CLASSIFIER_TRAIN, MnistClassifier};
 use scorefield::random::standard_normal;
 
 /// Command-line options.
@@ -67,7 +67,7 @@ fn run() -> cli::AnyResult<()> {
     })?;
     let start = Instant::now();
     let held_out: Vec<usize> = CLASSIFIER_HELD_OUT.collect();
-    let accuracy = quality::accuracy(&classifier, &data, &held_out, &device)?;
+    let accuracy = eval::accuracy(&classifier, &data, &held_out, &device)?;
     println!(
         "classifier from {}: held-out accuracy {:.2}% on {} digits",
         args.classifier.display(),
@@ -77,7 +77,7 @@ fn run() -> cli::AnyResult<()> {
     let reference = data.images(&held_out, &device)?;
     let digits = |range: std::ops::Range<usize>| data.images(&range.collect::<Vec<_>>(), &device);
     let row = |name: &str, samples: Tensor<4>, reference: Tensor<4>| -> scorefield::Result<()> {
-        let r = quality::evaluate(&classifier, samples, reference)?;
+        let r = eval::evaluate(&classifier, samples, reference)?;
         println!(
             "{name:<44} {:>5} {:>5} {:>9.1}% {:>10.3}",
             r.samples,

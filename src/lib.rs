@@ -10,6 +10,8 @@
 //!   analytic oracles.
 //! - [`nn`] (`scorefield-nn`): score networks.
 //! - [`data`] (`scorefield-data`): data sets and image output.
+//! - [`eval`] (`scorefield-eval`): sample quality, the MNIST classifier and the Fréchet
+//!   distance on its features.
 //!
 //! ```
 //! use scorefield::analytic::Gaussian;
@@ -35,4 +37,5 @@ pub struct ReadmeDoctests;
 pub use scorefield_core as core;
 pub use scorefield_core::*;
 pub use scorefield_data as data;
+pub use scorefield_eval as eval;
 pub use scorefield_nn as nn;

@@ -206,3 +206,25 @@ fn bad_conditions_are_typed_errors() {
     let (x, level, _) = batch();
     assert_eq!(model.score(x, &level).dims(), [0, 2]);
 }
+
+/// Label dropout replaces each label by ∅ independently with probability p (a binomial count
+/// within 4 standard errors), keeps the rest, and `tile`/`repeat_interleave` lay the labels
+/// out as the batch they label.
+#[test]
+fn label_dropout_tiling_and_interleaving() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let n = 20_000;
+    let labels = Labels::new((0..n).map(|i| Some(i % 3)).collect(), 3).unwrap();
+    assert_eq!(labels.dropout(0.0, &mut rng).unwrap(), labels);
+    assert_eq!(labels.dropout(1.0, &mut rng).unwrap(), labels.to_null());
+    let dropped = labels.dropout(0.3, &mut rng).unwrap();
+    let nulls = dropped.ids().iter().filter(|y| y.is_none()).count() as f64;
+    let se = (n as f64 * 0.3 * 0.7).sqrt();
+    assert!((nulls - 0.3 * n as f64).abs() < 4.0 * se, "{nulls} nulls of {n}");
+    assert!(dropped.ids().iter().zip(labels.ids()).all(|(d, y)| d.is_none() || d == y));
+
+    let y = Labels::new(vec![Some(1), None], 3).unwrap();
+    assert_eq!(y.tile(2).ids(), &[Some(1), None, Some(1), None]);
+    assert_eq!(y.repeat_interleave(2).ids(), &[Some(1), Some(1), None, None]);
+    assert_eq!(y.tile(2).classes(), 3);
+}

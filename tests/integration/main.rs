@@ -21,6 +21,7 @@ mod analytic;
 mod backends;
 mod common;
 mod condition;
+mod conditional_training;
 mod device;
 mod fast_samplers;
 mod inpaint;

@@ -118,17 +118,83 @@ impl Labels {
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
+
+    /// Label dropout for classifier-free training: each label independently replaced by the
+    /// null class with probability `p` (Ho & Salimans 2022 use 0.1–0.2), so one network
+    /// learns `s(x | y)` and `s(x | ∅)`.
+    ///
+    /// Errors with [`Error::InvalidParameter`] unless `0 ≤ p ≤ 1`.
+    pub fn dropout(&self, p: f64, rng: &mut dyn rand::RngCore) -> Result<Self> {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(Error::invalid("label dropout", p, "must be in [0, 1]"));
+        }
+        let ids = self
+            .ids
+            .iter()
+            .map(|&y| if rand::Rng::random::<f64>(rng) < p { None } else { y })
+            .collect();
+        Ok(Labels { ids, classes: self.classes })
+    }
+
+    /// The labels of a batch repeated `times` times one after the other (`[y; y; …]`), for a
+    /// batch tiled the same way.
+    pub fn tile(&self, times: usize) -> Self {
+        Labels { ids: self.ids.repeat(times), classes: self.classes }
+    }
+
+    /// Each label repeated `times` times in place (`[y₀, y₀, …, y₁, y₁, …]`), for a batch
+    /// expanded the same way (several samples per condition).
+    pub fn repeat_interleave(&self, times: usize) -> Self {
+        let ids = self.ids.iter().flat_map(|&y| std::iter::repeat_n(y, times)).collect();
+        Labels { ids, classes: self.classes }
+    }
+
+    /// Checks that a model of `classes` classes accepts these labels.
+    ///
+    /// Errors with [`Error::InvalidParameter`] if the labels were made for another number of
+    /// classes.
+    pub fn check_classes(&self, classes: usize) -> Result<()> {
+        if self.classes != classes {
+            return Err(Error::invalid(
+                "labels",
+                format!("{} classes", self.classes),
+                format!("the model has {classes} classes"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A condition that belongs to the samples of a batch.
 pub trait Condition {
     /// The number of samples it conditions.
     fn batch_size(&self) -> usize;
+
+    /// The conditions of `n` equal consecutive shards of the batch, for data-parallel
+    /// training; `None` if the condition cannot be split that way (the default: a trainer
+    /// with several ranks then refuses the batch with a typed error).
+    fn shards(&self, _n: usize) -> Option<Vec<Self>>
+    where
+        Self: Sized,
+    {
+        None
+    }
 }
 
 impl Condition for Labels {
     fn batch_size(&self) -> usize {
         self.len()
+    }
+
+    /// `None` unless the batch size is a positive multiple of `n`.
+    fn shards(&self, n: usize) -> Option<Vec<Self>> {
+        let b = self.len();
+        if n == 0 || b == 0 || !b.is_multiple_of(n) {
+            return None;
+        }
+        let size = b / n;
+        let shard = |ids: &[Option<usize>]| Labels { ids: ids.to_vec(), classes: self.classes };
+        Some(self.ids.chunks(size).map(shard).collect())
     }
 }
 
@@ -146,6 +212,35 @@ pub trait ConditionalScoreModel<const D: usize, C: Condition = Labels> {
     /// As [`ScoreModel::float_dtype`].
     fn float_dtype(&self) -> Option<DType> {
         None
+    }
+
+    /// Checks that the model accepts the condition `y` (a network: labels of its number of
+    /// classes); [`Given`] calls it before a sampler or an objective scores. The default
+    /// accepts.
+    fn validate_condition(&self, _y: &C) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A reference to a conditional model is a conditional model (so [`Given`] can borrow one,
+/// as the trainer does for each batch).
+impl<const D: usize, C: Condition, M: ConditionalScoreModel<D, C> + ?Sized>
+    ConditionalScoreModel<D, C> for &M
+{
+    fn score_given(&self, x: Tensor<D>, level: &NoiseLevel, y: &C) -> Tensor<D> {
+        (**self).score_given(x, level, y)
+    }
+
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        (**self).sample_shape()
+    }
+
+    fn float_dtype(&self) -> Option<DType> {
+        (**self).float_dtype()
+    }
+
+    fn validate_condition(&self, y: &C) -> Result<()> {
+        (**self).validate_condition(y)
     }
 }
 
@@ -204,6 +299,10 @@ where
 
     fn batch_size(&self) -> Option<usize> {
         Some(self.condition.batch_size())
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.model.validate_condition(&self.condition)
     }
 }
 
@@ -284,5 +383,13 @@ where
 
     fn float_dtype(&self) -> Option<DType> {
         self.model.float_dtype()
+    }
+
+    fn validate_condition(&self, y: &Labels) -> Result<()> {
+        self.model.validate_condition(y)?;
+        match &self.guide {
+            Some(weak) => weak.validate_condition(y),
+            None => Ok(()),
+        }
     }
 }

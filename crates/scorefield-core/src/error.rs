@@ -60,6 +60,16 @@ pub enum Error {
         /// What went wrong, with the time reached.
         reason: String,
     },
+    /// A conditional model was asked for a score without its condition: bind one with
+    /// [`Given`](crate::condition::Given) (or the null class, [`Labels::null`](crate::condition::Labels::null),
+    /// for the unconditional model of classifier-free guidance).
+    #[error(
+        "{model} is conditional: give it a condition with `Given` (Labels::null for the unconditional model)"
+    )]
+    MissingCondition {
+        /// The model, e.g. `"NcsnUnet with 10 classes"`.
+        model: String,
+    },
     /// A backend name that scorefield does not know.
     #[error("unknown backend `{0}`: expected one of flex, ndarray, wgpu, cuda")]
     UnknownBackend(String),

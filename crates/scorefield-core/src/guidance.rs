@@ -72,4 +72,9 @@ where
     fn float_dtype(&self) -> Option<DType> {
         self.model.float_dtype()
     }
+
+    /// The unconditional model must score as it is ([`ScoreModel::validate`]).
+    fn validate_condition(&self, _y: &Labels) -> Result<()> {
+        self.model.validate()
+    }
 }

@@ -91,6 +91,14 @@ impl<const D: usize, M: ScoreModel<D>> ScoreModel<D> for FiniteDifference<M> {
     fn float_dtype(&self) -> Option<DType> {
         self.model.float_dtype()
     }
+
+    fn batch_size(&self) -> Option<usize> {
+        self.model.batch_size()
+    }
+
+    fn validate(&self) -> crate::Result<()> {
+        self.model.validate()
+    }
 }
 
 impl<const D: usize, M: ScoreModel<D>> ScoreJvp<D> for FiniteDifference<M> {

@@ -114,6 +114,14 @@ impl<const D: usize, M: ScoreModel<D>> ScoreModel<D> for Vjp<M> {
     fn float_dtype(&self) -> Option<burn::tensor::DType> {
         self.0.float_dtype()
     }
+
+    fn batch_size(&self) -> Option<usize> {
+        self.0.batch_size()
+    }
+
+    fn validate(&self) -> crate::Result<()> {
+        self.0.validate()
+    }
 }
 
 impl<const D: usize, M: ScoreModel<D>> JacobianProbe<D> for Vjp<M> {

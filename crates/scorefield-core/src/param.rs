@@ -30,6 +30,7 @@
 use burn::module::Module;
 use burn::tensor::{DType, Tensor};
 
+use crate::condition::{Condition, ConditionalScoreModel, Labels};
 use crate::error::{Result, ensure_positive};
 use crate::score::{NoiseLevel, ScoreJvp, ScoreModel, per_sample};
 
@@ -47,6 +48,35 @@ pub trait Network<const D: usize> {
     /// The float type of the network's parameters, if fixed (as [`ScoreModel::float_dtype`]).
     fn float_dtype(&self) -> Option<DType> {
         None
+    }
+
+    /// As [`ScoreModel::validate`]: a conditional network used without its condition errors
+    /// with [`Error::MissingCondition`](crate::Error::MissingCondition).
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A network conditioned per sample on `y` (class [`Labels`] by default): `F(x, level | y)`.
+/// Every parameterisation of it is a [`ConditionalScoreModel`], by the formula it applies to
+/// a [`Network`]; bind the condition with [`Given`](crate::condition::Given) to sample or train.
+pub trait ConditionalNetwork<const D: usize, C: Condition = Labels> {
+    /// `F(x, level | y)`, the same shape as `x`; `y` has one condition per sample.
+    fn forward_given(&self, x: Tensor<D>, level: &NoiseLevel, y: &C) -> Tensor<D>;
+
+    /// As [`Network::sample_shape`].
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        None
+    }
+
+    /// As [`Network::float_dtype`].
+    fn float_dtype(&self) -> Option<DType> {
+        None
+    }
+
+    /// As [`ConditionalScoreModel::validate_condition`].
+    fn validate_condition(&self, _y: &C) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -124,6 +154,30 @@ impl<const D: usize, N: Network<D>> Network<D> for SigmaTilde<N> {
     fn float_dtype(&self) -> Option<DType> {
         self.net.float_dtype()
     }
+    fn validate(&self) -> Result<()> {
+        self.net.validate()
+    }
+}
+
+impl<const D: usize, C: Condition, N: ConditionalNetwork<D, C>> ConditionalNetwork<D, C>
+    for SigmaTilde<N>
+{
+    /// `F(x, (t, 1, σ/m) | y)`.
+    fn forward_given(&self, x: Tensor<D>, level: &NoiseLevel, y: &C) -> Tensor<D> {
+        self.net.forward_given(x, &tilde_level(level), y)
+    }
+
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        self.net.sample_shape()
+    }
+
+    fn float_dtype(&self) -> Option<DType> {
+        self.net.float_dtype()
+    }
+
+    fn validate_condition(&self, y: &C) -> Result<()> {
+        self.net.validate_condition(y)
+    }
 }
 
 impl<const D: usize, N: NetworkJvp<D>> NetworkJvp<D> for SigmaTilde<N> {
@@ -165,23 +219,34 @@ impl<N> Preconditioned<N> {
     where
         N: Network<D>,
     {
-        self.denoise_tilde(x, level).1
+        self.denoise_tilde(x, level, |x, level| self.net.forward(x, level)).1
     }
 
-    /// `(x̃, D(x̃; σ̃), m, σ̃)`, the last two per sample.
+    /// The denoised estimate `D(x̃; σ̃ | y)` of a conditional network.
+    pub fn denoise_given<const D: usize, C: Condition>(
+        &self,
+        x: Tensor<D>,
+        level: &NoiseLevel,
+        y: &C,
+    ) -> Tensor<D>
+    where
+        N: ConditionalNetwork<D, C>,
+    {
+        self.denoise_tilde(x, level, |x, level| self.net.forward_given(x, level, y)).1
+    }
+
+    /// `(x̃, D(x̃; σ̃), m, σ̃)`, the last two per sample, with the network's output `f`.
     fn denoise_tilde<const D: usize>(
         &self,
         x: Tensor<D>,
         level: &NoiseLevel,
-    ) -> (Tensor<D>, Tensor<D>, Tensor<D>, Tensor<D>)
-    where
-        N: Network<D>,
-    {
+        f: impl FnOnce(Tensor<D>, &NoiseLevel) -> Tensor<D>,
+    ) -> (Tensor<D>, Tensor<D>, Tensor<D>, Tensor<D>) {
         let c = self.coefficients(level, x.dtype());
         let on = |c: &Tensor<1>| per_sample::<D>(c, &x);
         let (scale, sigma_b) = (on(&level.scale), on(&c.inner.sigma));
         let x_tilde = x.clone().div(scale.clone());
-        let out = self.net.forward(x_tilde.clone().mul(on(&c.c_in)), &c.inner);
+        let out = f(x_tilde.clone().mul(on(&c.c_in)), &c.inner);
         let denoised = x_tilde.clone().mul(on(&c.c_skip)) + out.mul(on(&c.c_out));
         (x_tilde, denoised, scale, sigma_b)
     }
@@ -213,89 +278,138 @@ struct Coefficients {
     inner: NoiseLevel,
 }
 
-impl<const D: usize, N: Network<D>> ScoreModel<D> for ScorePrediction<N> {
-    fn score(&self, x: Tensor<D>, level: &NoiseLevel) -> Tensor<D> {
-        self.net.forward(x, level)
-    }
+/// How each parameterisation turns its network's output `f(x, level)` into a score; `f` is
+/// the plain forward or the forward given a condition.
+trait ScoreFromNetwork {
+    fn score_from<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        level: &NoiseLevel,
+        f: impl FnOnce(Tensor<D>, &NoiseLevel) -> Tensor<D>,
+    ) -> Tensor<D>;
+}
 
-    fn sample_shape(&self) -> Option<Vec<usize>> {
-        self.net.sample_shape()
-    }
-
-    fn float_dtype(&self) -> Option<DType> {
-        self.net.float_dtype()
+impl<N> ScoreFromNetwork for ScorePrediction<N> {
+    /// `s = F`.
+    fn score_from<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        level: &NoiseLevel,
+        f: impl FnOnce(Tensor<D>, &NoiseLevel) -> Tensor<D>,
+    ) -> Tensor<D> {
+        f(x, level)
     }
 }
 
-impl<const D: usize, N: Network<D>> ScoreModel<D> for EpsilonPrediction<N> {
+impl<N> ScoreFromNetwork for EpsilonPrediction<N> {
     /// `s = −ε̂/σ`.
-    fn score(&self, x: Tensor<D>, level: &NoiseLevel) -> Tensor<D> {
+    fn score_from<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        level: &NoiseLevel,
+        f: impl FnOnce(Tensor<D>, &NoiseLevel) -> Tensor<D>,
+    ) -> Tensor<D> {
         let sigma = per_sample::<D>(&level.sigma, &x);
-        self.net.forward(x, level).div(sigma).neg()
-    }
-
-    fn sample_shape(&self) -> Option<Vec<usize>> {
-        self.net.sample_shape()
-    }
-
-    fn float_dtype(&self) -> Option<DType> {
-        self.net.float_dtype()
+        f(x, level).div(sigma).neg()
     }
 }
 
-impl<const D: usize, N: Network<D>> ScoreModel<D> for DataPrediction<N> {
+impl<N> ScoreFromNetwork for DataPrediction<N> {
     /// `s = (m·x̂₀ − x)/σ²`.
-    fn score(&self, x: Tensor<D>, level: &NoiseLevel) -> Tensor<D> {
+    fn score_from<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        level: &NoiseLevel,
+        f: impl FnOnce(Tensor<D>, &NoiseLevel) -> Tensor<D>,
+    ) -> Tensor<D> {
         let scale = per_sample::<D>(&level.scale, &x);
         let var = per_sample::<D>(&level.sigma, &x).square();
-        self.net.forward(x.clone(), level).mul(scale).sub(x).div(var)
-    }
-
-    fn sample_shape(&self) -> Option<Vec<usize>> {
-        self.net.sample_shape()
-    }
-
-    fn float_dtype(&self) -> Option<DType> {
-        self.net.float_dtype()
+        f(x.clone(), level).mul(scale).sub(x).div(var)
     }
 }
 
-impl<const D: usize, N: Network<D>> ScoreModel<D> for VPrediction<N> {
+impl<N> ScoreFromNetwork for VPrediction<N> {
     /// `x̂₀ = (m·x/r − σ·v̂)/r`, `s = (m·x̂₀ − x)/σ²`, `r² = m² + σ²`.
-    fn score(&self, x: Tensor<D>, level: &NoiseLevel) -> Tensor<D> {
+    fn score_from<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        level: &NoiseLevel,
+        f: impl FnOnce(Tensor<D>, &NoiseLevel) -> Tensor<D>,
+    ) -> Tensor<D> {
         let m = per_sample::<D>(&level.scale, &x);
         let sigma = per_sample::<D>(&level.sigma, &x);
         let r2 = m.clone().square() + sigma.clone().square();
-        let v = self.net.forward(x.clone(), level);
+        let v = f(x.clone(), level);
         let x0 =
             (x.clone().mul(m.clone()).div(r2.clone().sqrt()) - v.mul(sigma.clone())).div(r2.sqrt());
         x0.mul(m).sub(x).div(sigma.square())
     }
-
-    fn sample_shape(&self) -> Option<Vec<usize>> {
-        self.net.sample_shape()
-    }
-
-    fn float_dtype(&self) -> Option<DType> {
-        self.net.float_dtype()
-    }
 }
 
-impl<const D: usize, N: Network<D>> ScoreModel<D> for Preconditioned<N> {
+impl<N> ScoreFromNetwork for Preconditioned<N> {
     /// `s = (m·D − x)/σ² = (D − x̃)/(m·σ̃²)`.
-    fn score(&self, x: Tensor<D>, level: &NoiseLevel) -> Tensor<D> {
-        let (x_tilde, denoised, scale, sigma) = self.denoise_tilde(x, level);
+    fn score_from<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        level: &NoiseLevel,
+        f: impl FnOnce(Tensor<D>, &NoiseLevel) -> Tensor<D>,
+    ) -> Tensor<D> {
+        let (x_tilde, denoised, scale, sigma) = self.denoise_tilde(x, level, f);
         denoised.sub(x_tilde).div(scale.mul(sigma.square()))
     }
-
-    fn sample_shape(&self) -> Option<Vec<usize>> {
-        self.net.sample_shape()
-    }
-
-    fn float_dtype(&self) -> Option<DType> {
-        self.net.float_dtype()
-    }
 }
+
+/// Each parameterisation is a [`ScoreModel`] of a [`Network`] and a
+/// [`ConditionalScoreModel`] of a [`ConditionalNetwork`], by the same formula.
+macro_rules! score_models_of_networks {
+    ($($ty:ident),*) => {$(
+        impl<const D: usize, N: Network<D>> ScoreModel<D> for $ty<N> {
+            fn score(&self, x: Tensor<D>, level: &NoiseLevel) -> Tensor<D> {
+                self.score_from(x, level, |x, level| self.net.forward(x, level))
+            }
+
+            fn sample_shape(&self) -> Option<Vec<usize>> {
+                self.net.sample_shape()
+            }
+
+            fn float_dtype(&self) -> Option<DType> {
+                self.net.float_dtype()
+            }
+
+            fn validate(&self) -> Result<()> {
+                self.net.validate()
+            }
+        }
+
+        impl<const D: usize, C: Condition, N: ConditionalNetwork<D, C>>
+            ConditionalScoreModel<D, C> for $ty<N>
+        {
+            fn score_given(&self, x: Tensor<D>, level: &NoiseLevel, y: &C) -> Tensor<D> {
+                self.score_from(x, level, |x, level| self.net.forward_given(x, level, y))
+            }
+
+            fn sample_shape(&self) -> Option<Vec<usize>> {
+                self.net.sample_shape()
+            }
+
+            fn float_dtype(&self) -> Option<DType> {
+                self.net.float_dtype()
+            }
+
+            fn validate_condition(&self, y: &C) -> Result<()> {
+                self.net.validate_condition(y)
+            }
+        }
+    )*};
+}
+
+score_models_of_networks!(
+    ScorePrediction,
+    EpsilonPrediction,
+    DataPrediction,
+    VPrediction,
+    Preconditioned
+);
 
 /// The JVPs of the parameterisations: each score is affine in `F` and `x` with per-sample
 /// coefficients, so `J_s·v` follows from `J_F·v` exactly (same formulas, `x → v`, no offsets).

@@ -146,6 +146,14 @@ pub trait ScoreModel<const D: usize> {
     fn batch_size(&self) -> Option<usize> {
         None
     }
+
+    /// Checks that the model can score as it is, before a sampler or an objective calls it:
+    /// a conditional network without its condition errors with [`Error::MissingCondition`],
+    /// a condition the model does not accept (a label past its classes) with the model's
+    /// error. The default accepts.
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A score model that also gives exact forward-mode directional derivatives:
@@ -185,6 +193,10 @@ pub trait ScoreJvp<const D: usize>: ScoreModel<D> {
 impl<const D: usize, M: ScoreModel<D> + ?Sized> ScoreModel<D> for &M {
     fn batch_size(&self) -> Option<usize> {
         (**self).batch_size()
+    }
+
+    fn validate(&self) -> Result<()> {
+        (**self).validate()
     }
 
     fn score(&self, x: Tensor<D>, level: &NoiseLevel) -> Tensor<D> {
@@ -377,6 +389,18 @@ pub fn check_dtype<const D: usize>(
         }),
         _ => Ok(()),
     }
+}
+
+/// Checks, before a model runs on the batch `x`, that the model can score as it is
+/// ([`ScoreModel::validate`]: a conditional model needs its condition) and that `x` is in the
+/// model's float type ([`check_dtype`]).
+pub fn check_model<M: ScoreModel<D> + ?Sized, const D: usize>(
+    context: &'static str,
+    model: &M,
+    x: &Tensor<D>,
+) -> Result<()> {
+    model.validate()?;
+    check_dtype(context, x, model.float_dtype())
 }
 
 /// Checks that a model's output `out` has the shape and dtype of its input `x`

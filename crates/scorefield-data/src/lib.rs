@@ -2,8 +2,8 @@
 //!
 //! Data for scorefield: the MNIST IDX reader and download ([`mnist`], [`idx`]), PNG image grids
 //! ([`image`]) and plots (`plot`, drawn with plotters; the default feature `plot`), toy
-//! two-dimensional data sets built from the analytic oracles ([`toy`]), and the sample-quality
-//! classifier and metrics ([`quality`]).
+//! two-dimensional data sets built from the analytic oracles ([`toy`]). The sample-quality
+//! classifier and metrics live in their own crate, `scorefield-eval`.
 #![deny(missing_docs)]
 
 pub mod idx;
@@ -11,5 +11,4 @@ pub mod image;
 pub mod mnist;
 #[cfg(feature = "plot")]
 pub mod plot;
-pub mod quality;
 pub mod toy;

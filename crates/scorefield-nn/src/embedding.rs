@@ -6,7 +6,9 @@
 //! The embedding depends on the noise level only, so its Jacobian with respect to the
 //! network's input `x` is zero.
 
-use burn::tensor::{Tensor, TensorData};
+use burn::nn::Embedding;
+use burn::tensor::{Int, Tensor, TensorData};
+use scorefield_core::condition::Labels;
 use scorefield_core::{Error, Result};
 
 /// The frequencies `ωⱼ = max_period^(−j/h)`, `j = 0..h`, in f64.
@@ -35,6 +37,30 @@ pub fn sinusoidal_embedding(c: Tensor<1>, dim: usize, max_period: f64) -> Result
     let freqs = Tensor::<2>::from_data(TensorData::new(freqs, [1, half]), (&c.device(), c.dtype()));
     let angles = c.reshape([b, 1]).mul(freqs);
     Ok(Tensor::cat(vec![angles.clone().sin(), angles.cos()], 1))
+}
+
+/// The rows `E[y]` of a class-embedding table of `classes + 1` rows for `b` samples, `[b,
+/// dim]`: row `y` for label `y`, row `classes` for the null class and for every sample when
+/// `labels` is `None`. A label past `classes` (refused earlier by the models' validation)
+/// maps to the null row, and a label batch of another size than `b` to `b` null rows: the
+/// output always has `b` rows, so a forward pass cannot panic.
+pub fn class_embedding(
+    table: &Embedding,
+    labels: Option<&Labels>,
+    b: usize,
+    classes: usize,
+) -> Tensor<2> {
+    let ids: Vec<i64> = match labels {
+        Some(y) if y.len() == b => {
+            y.ids().iter().map(|c| c.filter(|&c| c < classes).unwrap_or(classes) as i64).collect()
+        }
+        _ => vec![classes as i64; b],
+    };
+    let device = table.weight.val().device();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, 1]), &device);
+    let rows = table.forward(ids);
+    let dim = rows.dims()[2];
+    rows.reshape([b, dim])
 }
 
 #[cfg(test)]

@@ -7,7 +7,10 @@
 //!
 //! - [`mlp::ScoreMlp`]: a time-conditioned MLP score network with exact `ScoreJvp`.
 //! - [`unet::NcsnUnet`]: the NCSN-style U-Net for 28×28 images, exact `ScoreJvp`.
-//! - [`embedding`]: the sinusoidal noise-level embedding.
+//! - [`embedding`]: the sinusoidal noise-level embedding and the class embedding of
+//!   class-conditional networks (`classes > 0`: a null class for classifier-free guidance).
+//! - [`classifier::NoisyClassifierMlp`]: a noise-conditional classifier for classifier
+//!   guidance.
 //! - [`group_norm_silu`]: GroupNorm + SiLU (+ a per-channel shift), a fused kernel with a
 //!   hand-written backward on the flex backend, the composed ops elsewhere.
 //! - [`train::Trainer`]: Adam with a learning-rate schedule (warm-up, then constant, cosine or
@@ -15,6 +18,7 @@
 //!   EMA ([`train::reconstruct`]) and atomic checkpoints that resume bit for bit.
 #![deny(missing_docs)]
 
+pub mod classifier;
 pub mod dual;
 pub mod embedding;
 pub mod group_norm_silu;
@@ -23,15 +27,17 @@ pub mod mlp;
 pub mod train;
 pub mod unet;
 
+pub use classifier::{NoisyClassifierMlp, NoisyClassifierMlpConfig};
 pub use dual::Dual;
 pub use group_norm_silu::{GroupNormError, GroupNormSilu, GroupNormSiluOptions, group_norm_silu};
 pub use layers::DualForward;
 pub use mlp::{Activation, Conditioning, ScoreMlp, ScoreMlpConfig};
 pub use train::{
-    Callback, CheckpointError, CheckpointInfo, Checkpoints, DataPredictionConfig, EmaWarmup,
-    EpsilonPredictionConfig, FitError, FitSummary, LossCsv, LossLog, LossRow, LrDecay, ModelConfig,
-    PostHocEma, PreconditionedConfig, Progress, ScorePredictionConfig, SigmaTildeConfig,
-    StepReport, Trainer, TrainerConfig, VPredictionConfig, read_checkpoint,
+    Callback, CheckpointError, CheckpointInfo, Checkpoints, DataParallel, DataPredictionConfig,
+    EmaWarmup, EpsilonPredictionConfig, FitError, FitSummary, LossCsv, LossLog, LossRow, LrDecay,
+    ModelConfig, PostHocEma, PreconditionedConfig, Progress, ScorePredictionConfig,
+    SigmaTildeConfig, StepReport, TrainBatch, Trainer, TrainerConfig, VPredictionConfig,
+    read_checkpoint,
 };
 pub use unet::{NcsnUnet, NcsnUnetConfig};
 

@@ -6,6 +6,10 @@
 //! hᵢ     = Wᵢ a(hᵢ₋₁) + bᵢ + Pᵢ e                      i = 1 … L−1
 //! s(x,c) = (W_out a(h_{L−1}) + b_out) · (1/σ if scale_by_sigma)
 //! ```
+//! A class-conditional MLP (`classes = K > 0`) adds a learnt class embedding to the first
+//! layer, `h₀ += E[y]`, with row `K` of `E` the null class `∅` (see
+//! [`NcsnUnet`](crate::NcsnUnet)); it does not depend on `x`, so the JVP given `y` is exact.
+//!
 //! with `a` a smooth activation (SiLU by default: exact and sliced score matching differentiate
 //! `∂s/∂x` again, which a piecewise-linear activation would make zero almost everywhere). The
 //! noise embedding does not depend on `x`, so it adds nothing to the tangent; the JVP runs the
@@ -13,14 +17,15 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::tensor::activation::{silu, softplus};
 use burn::tensor::{DType, Device, Tensor};
-use scorefield_core::param::{Network, NetworkJvp};
+use scorefield_core::condition::{ConditionalScoreModel, Labels};
+use scorefield_core::param::{ConditionalNetwork, Network, NetworkJvp};
 use scorefield_core::{NoiseLevel, ScoreJvp, ScoreModel};
 
 use crate::dual::Dual;
-use crate::embedding::sinusoidal_embedding;
+use crate::embedding::{class_embedding, sinusoidal_embedding};
 use crate::layers::DualForward;
 
 /// The hidden activation of [`ScoreMlp`].
@@ -105,6 +110,10 @@ pub struct ScoreMlpConfig {
     /// Divide the output by σ (NCSN's parameterisation, so the network predicts `−z`).
     #[config(default = false)]
     pub scale_by_sigma: bool,
+    /// The number of classes `K ≥ 1` of a class-conditional network (`None`, the default:
+    /// unconditional): an embedding of `K + 1` rows (the last the null class) added to the
+    /// first layer. (An `Option`, so that older saved configurations still read.)
+    pub classes: Option<usize>,
 }
 
 impl ScoreMlpConfig {
@@ -147,6 +156,11 @@ impl ScoreMlpConfig {
             conditioning: self.conditioning,
             scale_by_sigma: self.scale_by_sigma,
             embedding: self.embedding,
+            class_embed: self
+                .classes
+                .filter(|&k| k > 0)
+                .map(|k| EmbeddingConfig::new(k + 1, h).init(device)),
+            classes: self.classes.unwrap_or(0),
         }
     }
 }
@@ -168,6 +182,9 @@ pub struct ScoreMlp {
     scale_by_sigma: bool,
     #[module(skip)]
     embedding: usize,
+    class_embed: Option<Embedding>,
+    #[module(skip)]
+    classes: usize,
 }
 
 impl ScoreMlp {
@@ -186,8 +203,27 @@ impl ScoreMlp {
         Tensor::cat(vec![x, c], 1)
     }
 
-    /// The per-layer embedding terms `Pᵢ e`, each `[B, H]` (empty when unconditioned).
-    fn embedding_terms(&self, level: &NoiseLevel) -> Vec<Tensor<2>> {
+    /// The number of classes (0 for an unconditional network).
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// The per-layer embedding terms `Pᵢ e`, each `[B, H]` (empty when unconditioned), with
+    /// the class embedding `E[y]` added to the first (the null class without labels).
+    fn embedding_terms(&self, level: &NoiseLevel, y: Option<&Labels>) -> Vec<Tensor<2>> {
+        let mut terms = self.noise_terms(level);
+        if let Some(table) = &self.class_embed {
+            let class = class_embedding(table, y, level.sigma.dims()[0], self.classes);
+            match terms.first_mut() {
+                Some(first) => *first = first.clone().add(class),
+                None => terms.push(class),
+            }
+        }
+        terms
+    }
+
+    /// The per-layer noise-embedding terms `Pᵢ e`.
+    fn noise_terms(&self, level: &NoiseLevel) -> Vec<Tensor<2>> {
         let Some(embed) = &self.embed else { return Vec::new() };
         let c = match self.conditioning {
             Conditioning::LogSigma => level.sigma.clone().clamp_min(1e-12).log(),
@@ -211,7 +247,28 @@ impl ScoreMlp {
 
     /// The score and the JVPs for `K` tangents per sample (`v` of batch `K·B`).
     pub fn forward_dual(&self, x: Tensor<2>, level: &NoiseLevel, v: Tensor<2>) -> Dual<2> {
-        let out = self.raw_dual(x, level, v);
+        self.scaled_dual(x, level, v, None)
+    }
+
+    /// The score given the labels `y` and its JVPs for `K` tangents per sample, exact.
+    pub fn forward_dual_given(
+        &self,
+        x: Tensor<2>,
+        level: &NoiseLevel,
+        v: Tensor<2>,
+        y: &Labels,
+    ) -> Dual<2> {
+        self.scaled_dual(x, level, v, Some(y))
+    }
+
+    fn scaled_dual(
+        &self,
+        x: Tensor<2>,
+        level: &NoiseLevel,
+        v: Tensor<2>,
+        y: Option<&Labels>,
+    ) -> Dual<2> {
+        let out = self.raw_dual(x, level, v, y);
         match self.output_scale(level) {
             Some(scale) => out.mul_constant(scale),
             None => out,
@@ -219,8 +276,14 @@ impl ScoreMlp {
     }
 
     /// The output layer's value and JVPs, before the optional `1/σ`.
-    fn raw_dual(&self, x: Tensor<2>, level: &NoiseLevel, v: Tensor<2>) -> Dual<2> {
-        let terms = self.embedding_terms(level);
+    fn raw_dual(
+        &self,
+        x: Tensor<2>,
+        level: &NoiseLevel,
+        v: Tensor<2>,
+        y: Option<&Labels>,
+    ) -> Dual<2> {
+        let terms = self.embedding_terms(level, y);
         let input = if self.conditioning == Conditioning::LogSigmaInput {
             let zeros = v.clone().narrow(1, 0, 1).zeros_like();
             Dual::new(self.network_input(x, level), Tensor::cat(vec![v, zeros], 1))
@@ -243,8 +306,8 @@ impl ScoreMlp {
 
 impl ScoreMlp {
     /// The output layer's value, before the optional `1/σ`.
-    fn raw(&self, x: Tensor<2>, level: &NoiseLevel) -> Tensor<2> {
-        let terms = self.embedding_terms(level);
+    fn raw(&self, x: Tensor<2>, level: &NoiseLevel, y: Option<&Labels>) -> Tensor<2> {
+        let terms = self.embedding_terms(level, y);
         let mut h = self.input.forward(self.network_input(x, level));
         if let Some(p) = terms.first() {
             h = h.add(p.clone());
@@ -259,13 +322,30 @@ impl ScoreMlp {
     }
 }
 
-impl ScoreModel<2> for ScoreMlp {
-    fn score(&self, x: Tensor<2>, level: &NoiseLevel) -> Tensor<2> {
-        let out = self.raw(x, level);
+impl ScoreMlp {
+    /// The score `raw · (1/σ if scale_by_sigma)`.
+    fn scaled(&self, x: Tensor<2>, level: &NoiseLevel, y: Option<&Labels>) -> Tensor<2> {
+        let out = self.raw(x, level, y);
         match self.output_scale(level) {
             Some(scale) => out.mul(scale),
             None => out,
         }
+    }
+
+    /// A conditional network refuses to score without labels.
+    fn check_unconditional(&self) -> scorefield_core::Result<()> {
+        if self.classes > 0 {
+            return Err(scorefield_core::Error::MissingCondition {
+                model: format!("ScoreMlp with {} classes", self.classes),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl ScoreModel<2> for ScoreMlp {
+    fn score(&self, x: Tensor<2>, level: &NoiseLevel) -> Tensor<2> {
+        self.scaled(x, level, None)
     }
 
     fn sample_shape(&self) -> Option<Vec<usize>> {
@@ -276,13 +356,57 @@ impl ScoreModel<2> for ScoreMlp {
     fn float_dtype(&self) -> Option<DType> {
         Some(self.output.weight.val().dtype())
     }
+
+    fn validate(&self) -> scorefield_core::Result<()> {
+        self.check_unconditional()
+    }
+}
+
+impl ConditionalScoreModel<2> for ScoreMlp {
+    fn score_given(&self, x: Tensor<2>, level: &NoiseLevel, y: &Labels) -> Tensor<2> {
+        self.scaled(x, level, Some(y))
+    }
+
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        Some(vec![self.dim()])
+    }
+
+    fn float_dtype(&self) -> Option<DType> {
+        Some(self.output.weight.val().dtype())
+    }
+
+    fn validate_condition(&self, y: &Labels) -> scorefield_core::Result<()> {
+        y.check_classes(self.classes)
+    }
+}
+
+impl ConditionalNetwork<2> for ScoreMlp {
+    fn forward_given(&self, x: Tensor<2>, level: &NoiseLevel, y: &Labels) -> Tensor<2> {
+        self.raw(x, level, Some(y))
+    }
+
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        Some(vec![self.dim()])
+    }
+
+    fn float_dtype(&self) -> Option<DType> {
+        Some(self.output.weight.val().dtype())
+    }
+
+    fn validate_condition(&self, y: &Labels) -> scorefield_core::Result<()> {
+        y.check_classes(self.classes)
+    }
 }
 
 /// The output layer's value without the `1/σ` of `scale_by_sigma`, for the
 /// parameterisations of [`scorefield_core::param`].
 impl Network<2> for ScoreMlp {
     fn forward(&self, x: Tensor<2>, level: &NoiseLevel) -> Tensor<2> {
-        self.raw(x, level)
+        self.raw(x, level, None)
+    }
+
+    fn validate(&self) -> scorefield_core::Result<()> {
+        self.check_unconditional()
     }
 
     fn sample_shape(&self) -> Option<Vec<usize>> {
@@ -303,7 +427,7 @@ impl NetworkJvp<2> for ScoreMlp {
         level: &NoiseLevel,
         v: Tensor<2>,
     ) -> (Tensor<2>, Tensor<2>) {
-        let d = self.raw_dual(x, level, v);
+        let d = self.raw_dual(x, level, v, None);
         (d.value, d.tangent)
     }
 }
@@ -362,6 +486,32 @@ mod tests {
                 assert!(diff < 1e-12, "dual value differs from the plain forward by {diff}");
                 assert_jvp(|x| mlp.score(x, &level), x, v, jvp);
             }
+        }
+    }
+
+    /// A class-conditional MLP's JVP given labels is exact for every conditioning (the class
+    /// embedding is constant in `x`), and the labels change the score.
+    #[test]
+    fn conditional_mlp_jvp_given_labels_is_exact() {
+        let labels = Labels::new(vec![Some(0), Some(2), None, Some(1), Some(2)], 3).unwrap();
+        for conditioning in
+            [Conditioning::None, Conditioning::LogSigma, Conditioning::LogSigmaInput]
+        {
+            let mlp = ScoreMlpConfig::new(3)
+                .with_hidden(16)
+                .with_conditioning(conditioning)
+                .with_scale_by_sigma(true)
+                .with_classes(Some(3))
+                .init(&device());
+            let (x, v) = (normal([5, 3], 3), normal([5, 3], 4));
+            let level = level(5);
+            let dual = mlp.forward_dual_given(x.clone(), &level, v.clone(), &labels);
+            let plain = mlp.score_given(x.clone(), &level, &labels);
+            let diff = dual.value.sub(plain.clone()).abs().max().into_scalar::<f64>();
+            assert!(diff < 1e-12, "dual value differs from the plain forward by {diff}");
+            assert_jvp(|x| mlp.score_given(x, &level, &labels), x.clone(), v, dual.tangent);
+            let null = mlp.score_given(x, &level, &labels.to_null());
+            assert!(plain.sub(null).abs().max().into_scalar::<f64>() > 1e-3);
         }
     }
 

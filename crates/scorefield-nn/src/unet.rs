@@ -16,18 +16,28 @@
 //! layer has a [`DualForward`] pass, so [`ScoreJvp`] is exact. The plain forward (training by
 //! DSM, sampling) runs each `SiLU(GN(·))`, with the embedding bias added inside the second one
 //! of a block, as one fused op ([`crate::group_norm_silu`]); the dual pass composes them.
+//!
+//! **Class-conditional** (`classes = K > 0`): `e = e(σ) + E[y]` with a learnt embedding `E` of
+//! `K + 1` rows, row `K` the null class `∅` (classifier-free guidance trains it by label
+//! dropout). The network is then a [`ConditionalNetwork`] and a [`ConditionalScoreModel`];
+//! `E[y]` does not depend on `x`, so the JVP given `y` stays exact
+//! ([`NcsnUnet::forward_dual_given`]). Without a condition it refuses to score
+//! ([`ScoreModel::validate`]: [`Error::MissingCondition`](scorefield_core::Error)).
 
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{
+    Embedding, EmbeddingConfig, GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d,
+};
 use burn::tensor::activation::silu;
 use burn::tensor::{DType, Device, Tensor};
-use scorefield_core::param::{Network, NetworkJvp};
+use scorefield_core::condition::{ConditionalScoreModel, Labels};
+use scorefield_core::param::{ConditionalNetwork, Network, NetworkJvp};
 use scorefield_core::{NoiseLevel, ScoreJvp, ScoreModel};
 
 use crate::dual::{Dual, upsample_nearest};
-use crate::embedding::sinusoidal_embedding;
+use crate::embedding::{class_embedding, sinusoidal_embedding};
 use crate::group_norm_silu::GroupNormSilu;
 use crate::layers::DualForward;
 
@@ -52,6 +62,11 @@ pub struct NcsnUnetConfig {
     /// Width of the noise embedding MLP.
     #[config(default = 128)]
     pub embedding_hidden: usize,
+    /// The number of classes `K ≥ 1` of a class-conditional network (`None`, the default:
+    /// unconditional). A conditional network learns an embedding of `K + 1` rows, the last
+    /// the null class, added to the noise embedding. (An `Option`, so that the configuration
+    /// of a network saved before conditioning existed still reads.)
+    pub classes: Option<usize>,
 }
 
 fn conv3(cin: usize, cout: usize, stride: usize, device: &Device) -> Conv2d {
@@ -77,6 +92,7 @@ impl NcsnUnetConfig {
         }
         assert!(self.embedding.is_multiple_of(2), "NcsnUnetConfig: embedding must be even");
         let e = self.embedding_hidden;
+        let classes = self.classes.unwrap_or(0);
         let block = |cin, cout| ResBlock::new(cin, cout, e, self.groups, device);
         NcsnUnet {
             embed_in: LinearConfig::new(self.embedding, e).init(device),
@@ -93,8 +109,10 @@ impl NcsnUnetConfig {
             res_up2: block(2 * w1, w1),
             norm_out: GroupNormConfig::new(self.groups, w1).init(device),
             conv_out: conv3(w1, self.channels, 1, device),
+            class_embed: (classes > 0).then(|| EmbeddingConfig::new(classes + 1, e).init(device)),
             embedding: self.embedding,
             channels: self.channels,
+            classes,
         }
     }
 }
@@ -173,19 +191,32 @@ pub struct NcsnUnet {
     res_up2: ResBlock,
     norm_out: GroupNorm,
     conv_out: Conv2d,
+    class_embed: Option<Embedding>,
     #[module(skip)]
     embedding: usize,
     #[module(skip)]
     channels: usize,
+    #[module(skip)]
+    classes: usize,
 }
 
 impl NcsnUnet {
-    /// The noise embedding `e(σ)`, `[B, embedding_hidden]`.
-    fn embed(&self, level: &NoiseLevel) -> Tensor<2> {
+    /// The number of classes (0 for an unconditional network).
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// The noise embedding `e(σ)`, plus the class embedding `E[y]` of a conditional network
+    /// (the null class without labels), `[B, embedding_hidden]`.
+    fn embed(&self, level: &NoiseLevel, y: Option<&Labels>) -> Tensor<2> {
         let c = level.sigma.clone().clamp_min(1e-12).log();
         let features =
             sinusoidal_embedding(c, self.embedding, 10_000.0).expect("validated at init");
-        self.embed_out.forward(silu(self.embed_in.forward(features)))
+        let e = self.embed_out.forward(silu(self.embed_in.forward(features)));
+        match &self.class_embed {
+            Some(table) => e.add(class_embedding(table, y, level.sigma.dims()[0], self.classes)),
+            None => e,
+        }
     }
 
     /// `1/σ` as `[B, 1, 1, 1]`.
@@ -196,12 +227,30 @@ impl NcsnUnet {
 
     /// The score and its JVPs for `K` tangents per sample (`v` of batch `K·B`).
     pub fn forward_dual(&self, x: Tensor<4>, level: &NoiseLevel, v: Tensor<4>) -> Dual<4> {
-        self.raw_dual(x, level, v).mul_constant(Self::inv_sigma(level))
+        self.raw_dual(x, level, v, None).mul_constant(Self::inv_sigma(level))
     }
 
-    /// The raw output `u(x, ln σ)` and its JVPs, before the `1/σ`.
-    fn raw_dual(&self, x: Tensor<4>, level: &NoiseLevel, v: Tensor<4>) -> Dual<4> {
-        let e = self.embed(level);
+    /// The score given the labels `y` and its JVPs for `K` tangents per sample, exact: the
+    /// class embedding does not depend on `x`.
+    pub fn forward_dual_given(
+        &self,
+        x: Tensor<4>,
+        level: &NoiseLevel,
+        v: Tensor<4>,
+        y: &Labels,
+    ) -> Dual<4> {
+        self.raw_dual(x, level, v, Some(y)).mul_constant(Self::inv_sigma(level))
+    }
+
+    /// The raw output `u(x, ln σ | y)` and its JVPs, before the `1/σ`.
+    fn raw_dual(
+        &self,
+        x: Tensor<4>,
+        level: &NoiseLevel,
+        v: Tensor<4>,
+        y: Option<&Labels>,
+    ) -> Dual<4> {
+        let e = self.embed(level, y);
         let h1 = self.res1.forward_dual(self.conv_in.forward_dual(Dual::new(x, v)), &e);
         let h2 = self.res2.forward_dual(self.down1.forward_dual(h1.clone()), &e);
         let h3 = self.res3.forward_dual(self.down2.forward_dual(h2.clone()), &e);
@@ -216,9 +265,10 @@ impl NcsnUnet {
 /// The raw U-Net output `u(x, ln σ)` (the score without its `1/σ`), for the
 /// parameterisations of [`scorefield_core::param`] (ε-, x₀-, v-prediction, EDM
 /// preconditioning).
-impl Network<4> for NcsnUnet {
-    fn forward(&self, x: Tensor<4>, level: &NoiseLevel) -> Tensor<4> {
-        let e = self.embed(level);
+impl NcsnUnet {
+    /// The raw output `u(x, ln σ | y)`.
+    fn raw(&self, x: Tensor<4>, level: &NoiseLevel, y: Option<&Labels>) -> Tensor<4> {
+        let e = self.embed(level, y);
         let h1 = self.res1.forward(self.conv_in.forward(x), &e);
         let h2 = self.res2.forward(self.down1.forward(h1.clone()), &e);
         let h3 = self.res3.forward(self.down2.forward(h2.clone()), &e);
@@ -229,6 +279,24 @@ impl Network<4> for NcsnUnet {
         self.conv_out.forward(self.norm_out.forward_silu(u, None))
     }
 
+    /// A conditional network refuses to score without labels.
+    fn check_unconditional(&self) -> scorefield_core::Result<()> {
+        if self.classes > 0 {
+            return Err(scorefield_core::Error::MissingCondition {
+                model: format!("NcsnUnet with {} classes", self.classes),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Network<4> for NcsnUnet {
+    /// `u(x, ln σ)`; a conditional network's null-class output (refused by
+    /// [`validate`](Network::validate)).
+    fn forward(&self, x: Tensor<4>, level: &NoiseLevel) -> Tensor<4> {
+        self.raw(x, level, None)
+    }
+
     fn sample_shape(&self) -> Option<Vec<usize>> {
         Some(vec![self.channels, 28, 28])
     }
@@ -236,6 +304,30 @@ impl Network<4> for NcsnUnet {
     /// The dtype of the parameters (a batch in another float type is refused).
     fn float_dtype(&self) -> Option<DType> {
         Some(self.conv_in.weight.val().dtype())
+    }
+
+    fn validate(&self) -> scorefield_core::Result<()> {
+        self.check_unconditional()
+    }
+}
+
+impl ConditionalNetwork<4> for NcsnUnet {
+    /// `u(x, ln σ | y)`.
+    fn forward_given(&self, x: Tensor<4>, level: &NoiseLevel, y: &Labels) -> Tensor<4> {
+        self.raw(x, level, Some(y))
+    }
+
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        Some(vec![self.channels, 28, 28])
+    }
+
+    fn float_dtype(&self) -> Option<DType> {
+        Some(self.conv_in.weight.val().dtype())
+    }
+
+    /// Labels of this network's number of classes (an unconditional network has none).
+    fn validate_condition(&self, y: &Labels) -> scorefield_core::Result<()> {
+        y.check_classes(self.classes)
     }
 }
 
@@ -253,6 +345,29 @@ impl ScoreModel<4> for NcsnUnet {
     fn float_dtype(&self) -> Option<DType> {
         Some(self.conv_in.weight.val().dtype())
     }
+
+    fn validate(&self) -> scorefield_core::Result<()> {
+        self.check_unconditional()
+    }
+}
+
+impl ConditionalScoreModel<4> for NcsnUnet {
+    /// `s = u(x, ln σ | y)/σ`.
+    fn score_given(&self, x: Tensor<4>, level: &NoiseLevel, y: &Labels) -> Tensor<4> {
+        self.raw(x, level, Some(y)).mul(Self::inv_sigma(level))
+    }
+
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        Some(vec![self.channels, 28, 28])
+    }
+
+    fn float_dtype(&self) -> Option<DType> {
+        Some(self.conv_in.weight.val().dtype())
+    }
+
+    fn validate_condition(&self, y: &Labels) -> scorefield_core::Result<()> {
+        y.check_classes(self.classes)
+    }
 }
 
 /// The exact JVP of the raw output, for the parameterisations' exact [`ScoreJvp`].
@@ -263,7 +378,7 @@ impl NetworkJvp<4> for NcsnUnet {
         level: &NoiseLevel,
         v: Tensor<4>,
     ) -> (Tensor<4>, Tensor<4>) {
-        let d = self.raw_dual(x, level, v);
+        let d = self.raw_dual(x, level, v, None);
         (d.value, d.tangent)
     }
 }
@@ -313,6 +428,29 @@ mod tests {
         let diff = s.sub(net.score(x.clone(), &level)).abs().max().into_scalar::<f64>();
         assert!(diff < 1e-10, "dual value differs from the plain forward by {diff}");
         assert_jvp(|x| net.score(x, &level), x, v, jvp);
+    }
+
+    /// The class embedding adds `(classes + 1)·embedding_hidden` parameters, and the JVP given
+    /// labels stays exact.
+    #[test]
+    fn conditional_unet_has_the_exact_jvp_given_labels() {
+        let net = NcsnUnetConfig::new().with_classes(Some(10)).init(&device());
+        assert_eq!(net.num_params(), 789_153 + 11 * 128);
+        let net = NcsnUnetConfig::new()
+            .with_width(8)
+            .with_groups(4)
+            .with_classes(Some(3))
+            .init(&device());
+        let labels = Labels::new(vec![Some(2), None], 3).unwrap();
+        let (x, v) = (normal([2, 1, 28, 28], 6), normal([2, 1, 28, 28], 7));
+        let level = level(2);
+        let dual = net.forward_dual_given(x.clone(), &level, v.clone(), &labels);
+        let plain = net.score_given(x.clone(), &level, &labels);
+        let diff = dual.value.sub(plain.clone()).abs().max().into_scalar::<f64>();
+        assert!(diff < 1e-10, "dual value differs from the plain forward by {diff}");
+        assert_jvp(|x| net.score_given(x, &level, &labels), x.clone(), v, dual.tangent);
+        let other = net.score_given(x, &level, &Labels::new(vec![Some(0), Some(1)], 3).unwrap());
+        assert!(plain.sub(other).abs().max().into_scalar::<f64>() > 1e-6);
     }
 
     #[test]

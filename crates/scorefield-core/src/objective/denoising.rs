@@ -68,7 +68,7 @@ use super::{LossOutput, Objective};
 use crate::error::{Error, Result, ensure_finite, ensure_positive};
 use crate::random::standard_normal;
 use crate::schedule::NoiseSchedule;
-use crate::score::{NoiseLevel, ScoreModel, check_batch, check_dtype, check_output, vector};
+use crate::score::{NoiseLevel, ScoreModel, check_batch, check_model, check_output, vector};
 
 /// The weight `λ(t)` of each noise level in the denoising loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,7 +310,38 @@ impl<M: ScoreModel<D>, const D: usize> Objective<M, D> for DenoisingScoreMatchin
     fn loss(&self, model: &M, x0: Tensor<D>, rng: &mut dyn RngCore) -> Result<LossOutput> {
         const CONTEXT: &str = "DenoisingScoreMatching";
         check_data(CONTEXT, &x0)?;
-        check_dtype(CONTEXT, &x0, model.float_dtype())?;
+        check_model(CONTEXT, model, &x0)?;
+        let p = self.perturb(&x0, rng)?;
+        check_batch(CONTEXT, &x0, model.sample_shape().as_deref(), &p.level)?;
+        let score = model.score(p.x.clone(), &p.level);
+        check_output(CONTEXT, &score, &p.x)?;
+        let residual = score.mul(p.std).add(p.z);
+        let per_sample = squared_norm(residual).mul(p.coef).mul_scalar(0.5);
+        Ok(LossOutput { loss: per_sample.clone().mean(), per_sample, level: Some(p.level) })
+    }
+}
+
+/// A batch perturbed as denoising score matching perturbs it: `x = m·x₀ + σ·z`.
+pub(crate) struct Perturbed<const D: usize> {
+    /// The noisy batch.
+    pub x: Tensor<D>,
+    /// The standard normal noise `z`.
+    pub z: Tensor<D>,
+    /// Each sample's level.
+    pub level: NoiseLevel,
+    /// `σ` per sample, broadcastable against `x`.
+    pub std: Tensor<D>,
+    /// The per-sample loss coefficient `λ/σ²` (or its importance-sampled value), `[B]`.
+    pub coef: Tensor<1>,
+}
+
+impl DenoisingScoreMatching {
+    /// Draws a level per sample of `x0` and perturbs it (`x0` already checked finite).
+    pub(crate) fn perturb<const D: usize>(
+        &self,
+        x0: &Tensor<D>,
+        rng: &mut dyn RngCore,
+    ) -> Result<Perturbed<D>> {
         let (dims, run) = (x0.dims(), (&x0.device(), x0.dtype()));
         let drawn = self.draw(dims[0], rng)?;
         let column = |f: fn(&(Level, f64)) -> f64| drawn.iter().map(f).collect::<Vec<f64>>();
@@ -318,16 +349,11 @@ impl<M: ScoreModel<D>, const D: usize> Objective<M, D> for DenoisingScoreMatchin
             (column(|l| l.0.t), column(|l| l.0.scale), column(|l| l.0.std), column(|l| l.1));
         let level =
             NoiseLevel { t: vector(&t, run), scale: vector(&scale, run), sigma: vector(&std, run) };
-        check_batch(CONTEXT, &x0, model.sample_shape().as_deref(), &level)?;
         let z = standard_normal(dims, run, rng);
-        let std = host_column(&std, &x0);
-        let x = x0.clone().mul(host_column(&scale, &x0)).add(z.clone().mul(std.clone()));
-        let score = model.score(x.clone(), &level);
-        check_output(CONTEXT, &score, &x)?;
-        let residual = score.mul(std).add(z);
-        let coef = host_column(&coef, &x0).reshape([dims[0]]);
-        let per_sample = squared_norm(residual).mul(coef).mul_scalar(0.5);
-        Ok(LossOutput { loss: per_sample.clone().mean(), per_sample, level: Some(level) })
+        let std = host_column(&std, x0);
+        let x = x0.clone().mul(host_column(&scale, x0)).add(z.clone().mul(std.clone()));
+        let coef = host_column(&coef, x0).reshape([dims[0]]);
+        Ok(Perturbed { x, z, level, std, coef })
     }
 }
 

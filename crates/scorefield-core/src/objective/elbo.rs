@@ -24,7 +24,7 @@ use super::{LossOutput, Objective};
 use crate::error::{Error, Result};
 use crate::random::standard_normal;
 use crate::schedule::Ddpm;
-use crate::score::{NoiseLevel, ScoreModel, check_batch, check_dtype, check_output, per_sample};
+use crate::score::{NoiseLevel, ScoreModel, check_batch, check_model, check_output, per_sample};
 
 /// Half the width of a decoder bin: the 256 values `−1 + 2k/255` sit in bins `x ± 1/255`.
 const HALF_BIN: f64 = 1.0 / 255.0;
@@ -234,7 +234,7 @@ impl EpsilonElbo {
         for &t in steps {
             self.check_step(t)?;
         }
-        check_dtype(CONTEXT, &x0, model.float_dtype())?;
+        check_model(CONTEXT, model, &x0)?;
         let run = (&x0.device(), x0.dtype());
         let times: Vec<f64> = steps.iter().map(|&t| t as f64).collect();
         let level = NoiseLevel::at_times(&self.ddpm, &times, run);

@@ -34,7 +34,7 @@ use crate::error::{Error, Result, ensure_finite};
 use crate::jvp::score_and_trace;
 use crate::random::standard_normal;
 use crate::schedule::NoiseSchedule;
-use crate::score::{NoiseLevel, ScoreJvp, check_batch, check_dtype};
+use crate::score::{NoiseLevel, ScoreJvp, check_batch, check_model};
 
 /// Which distribution exact and sliced score matching fit, and the level the model sees.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -128,7 +128,7 @@ impl<M: ScoreJvp<D>, const D: usize> Objective<M, D> for ExactScoreMatching {
     /// [`float_dtype`](crate::score::ScoreModel::float_dtype) or an output has another dtype.
     fn loss(&self, model: &M, x0: Tensor<D>, rng: &mut dyn RngCore) -> Result<LossOutput> {
         const CONTEXT: &str = "ExactScoreMatching";
-        check_dtype(CONTEXT, &x0, model.float_dtype())?;
+        check_model(CONTEXT, model, &x0)?;
         let (x, level, reported) = self.level.prepare(CONTEXT, x0, rng)?;
         check_batch(CONTEXT, &x, model.sample_shape().as_deref(), &level)?;
         let (s, trace) = score_and_trace(model, x, &level)?;

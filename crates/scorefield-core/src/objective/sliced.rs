@@ -19,7 +19,7 @@ use super::exact::{DataLevel, check_data};
 use super::{LossOutput, Objective};
 use crate::error::{Error, Result};
 use crate::random::{rademacher, standard_normal};
-use crate::score::{ScoreJvp, check_batch, check_dtype, check_output};
+use crate::score::{ScoreJvp, check_batch, check_model, check_output};
 
 /// The distribution of the projection vectors `v`; both have `E[v vᵀ] = I`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -100,7 +100,7 @@ impl SlicedScoreMatching {
         rng: &mut dyn RngCore,
     ) -> Result<LossOutput> {
         const CONTEXT: &str = "SlicedScoreMatching";
-        check_dtype(CONTEXT, &x0, model.float_dtype())?;
+        check_model(CONTEXT, model, &x0)?;
         let (x, level, reported) = self.level.prepare(CONTEXT, x0, rng)?;
         check_batch(CONTEXT, &x, model.sample_shape().as_deref(), &level)?;
         let [m, b, d] = v.dims();

@@ -21,7 +21,7 @@ use crate::sampler::driver::{Step, StepContext, StepOutput};
 pub struct DpmSolverPp2M;
 
 /// What 2M keeps: the previous denoised estimate and its step length `h`.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct History<const D: usize> {
     pub(crate) last: Option<(Tensor<D>, f64)>,
 }

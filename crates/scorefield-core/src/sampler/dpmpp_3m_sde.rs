@@ -61,7 +61,7 @@ impl DpmSolverPp3MSde {
 }
 
 /// What 3M keeps: up to two earlier denoised estimates with their step lengths, newest first.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct History3<const D: usize> {
     earlier: Vec<(Tensor<D>, f64)>,
 }

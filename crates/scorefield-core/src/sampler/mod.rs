@@ -69,7 +69,7 @@ use rand::RngCore;
 
 use crate::error::{Error, Result};
 use crate::random::standard_normal;
-use crate::score::{NoiseLevel, ScoreModel, check_batch, check_dtype};
+use crate::score::{NoiseLevel, ScoreModel, check_batch, check_model};
 
 /// One step of a sampler, as reported to an [`Observer`].
 #[derive(Debug)]
@@ -163,7 +163,7 @@ pub fn check_init<M: ScoreModel<D> + ?Sized, const D: usize>(
     }
     let level = NoiseLevel::clean(batch, (&init.device(), init.dtype()));
     check_batch(context, init, model.sample_shape().as_deref(), &level)?;
-    check_dtype(context, init, model.float_dtype())?;
+    check_model(context, model, init)?;
     check_finite(init, || format!("{context} initial state"))?;
     Ok(batch)
 }

@@ -168,27 +168,25 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
 
 pub(crate) use scorefield_core::io::{sync_dir, write_atomically};
 
-/// Removes JSON whitespace outside string literals, so that two serialisations of the same
-/// configuration compare equal however they are indented.
-pub(super) fn compact_json(json: &str) -> String {
-    let (mut out, mut in_string, mut escaped) = (String::with_capacity(json.len()), false, false);
-    for c in json.chars() {
-        if in_string {
-            out.push(c);
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"') => in_string = false,
-                _ => {}
-            }
-        } else if c == '"' {
-            in_string = true;
-            out.push(c);
-        } else if !c.is_whitespace() {
-            out.push(c);
+/// A configuration's JSON in canonical form, for comparing a saved configuration with a
+/// given one: compact, and with `null` members dropped, so that a field added later as an
+/// `Option` (absent from older files, `null` in newer ones) compares equal. Text that is not
+/// JSON is compared as it is, trimmed.
+pub(super) fn canonical_json(json: &str) -> String {
+    use serde_json::Value;
+    fn strip(value: Value) -> Value {
+        match value {
+            Value::Object(map) => Value::Object(
+                map.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, strip(v))).collect(),
+            ),
+            Value::Array(items) => Value::Array(items.into_iter().map(strip).collect()),
+            other => other,
         }
     }
-    out
+    match serde_json::from_str::<Value>(json) {
+        Ok(value) => strip(value).to_string(),
+        Err(_) => json.trim().to_string(),
+    }
 }
 
 /// Reads and verifies the checkpoint `dir/LATEST` names: the manifest, every file's length
@@ -416,13 +414,13 @@ impl<M: Module> Trainer<M> {
         model_config: &str,
     ) -> Result<Self, CheckpointError> {
         let (info, mut files) = read_verified(dir.as_ref())?;
-        if compact_json(&info.model_config) != compact_json(model_config) {
+        if canonical_json(&info.model_config) != canonical_json(model_config) {
             return Err(CheckpointError::Mismatch {
                 what: "model config",
                 reason: format!(
                     "the checkpoint was saved for {}, not {}",
-                    compact_json(&info.model_config),
-                    compact_json(model_config)
+                    canonical_json(&info.model_config),
+                    canonical_json(model_config)
                 ),
             });
         }
@@ -480,6 +478,7 @@ impl<M: Module> Trainer<M> {
             config: info.trainer,
             model_config: info.model_config,
             step: info.step,
+            parallel: None,
         })
     }
 }

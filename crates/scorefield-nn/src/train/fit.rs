@@ -44,14 +44,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::tensor::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
-use scorefield_core::Objective;
 
 use super::checkpoint::CheckpointError;
 use super::loss_log::LossLog;
-use super::trainer::{StepReport, Trainer};
+use super::trainer::{StepReport, TrainBatch, Trainer};
 
 /// Why [`Trainer::fit`] stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -118,11 +116,13 @@ where
 impl<M: Module> Trainer<M> {
     /// Trains until `self.steps() == until` (the total, so a resumed run ends where the
     /// uninterrupted one would), drawing each batch with `batch(&mut trainer.batch_rng())`
-    /// and calling every callback after each step (see the [module docs](self)).
+    /// and calling every callback after each step (see the [module docs](self)). A batch is
+    /// a data tensor, or a data tensor with a condition per sample ([`TrainBatch`]; draw the
+    /// label dropout of classifier-free training from the same generator).
     ///
     /// Errors with [`FitError::Step`] if a step fails (the trainer keeps the state before
     /// it), [`FitError::Data`] if `batch` fails, and whatever a callback returns.
-    pub fn fit<O, B, E, const D: usize>(
+    pub fn fit<O, T, B, E, const D: usize>(
         &mut self,
         objective: &O,
         until: u64,
@@ -130,8 +130,9 @@ impl<M: Module> Trainer<M> {
         callbacks: &mut [&mut dyn Callback<M>],
     ) -> Result<FitSummary, FitError>
     where
-        O: Objective<M, D> + ?Sized,
-        B: FnMut(&mut StdRng) -> Result<Tensor<D>, E>,
+        O: ?Sized,
+        T: TrainBatch<M, O, D>,
+        B: FnMut(&mut StdRng) -> Result<T, E>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let started = Instant::now();

@@ -25,8 +25,9 @@
 //! progress and early stopping (`fit.rs`). The files: `trainer.rs` (the configuration and the
 //! step), `schedule.rs` (the learning-rate schedules), `params.rs` (the visitors over
 //! parameters: gradient norm, clipping, EMA), `posthoc_ema.rs` (EDM2's post-hoc EMA: the
-//! profiles, their snapshots and the reconstruction), `checkpoint.rs`, `loss_log.rs`,
-//! `fit.rs`.
+//! profiles, their snapshots and the reconstruction), `data_parallel.rs` (the batch split
+//! across ranks, devices or simulated, and the mean of their gradients: [`DataParallel`]),
+//! `checkpoint.rs`, `loss_log.rs`, `fit.rs`.
 //!
 //! The EMA copy lives outside autodiff and is the model to sample from (NCSNv2, DDPM and the
 //! score SDE all sample from it). The random numbers of step `k` (the objective's noise and
@@ -94,6 +95,7 @@
 //! ```
 
 mod checkpoint;
+pub mod data_parallel;
 mod fit;
 mod loss_log;
 mod model_config;
@@ -105,6 +107,7 @@ mod tests;
 mod trainer;
 
 pub use checkpoint::{CheckpointError, CheckpointInfo, read_checkpoint};
+pub use data_parallel::DataParallel;
 pub use fit::{Callback, Checkpoints, Every, FitError, FitSummary, LossCsv, Progress, every};
 pub use loss_log::{LossLog, LossRow};
 pub use model_config::{
@@ -116,4 +119,4 @@ pub use posthoc_ema::{
     reconstruct, sigma_rel_to_gamma, solve_posthoc,
 };
 pub use schedule::{InverseSqrtLr, LinearWarmupLr, LrDecay, LrScheduleState};
-pub use trainer::{EmaWarmup, StepReport, Trainer, TrainerConfig};
+pub use trainer::{EmaWarmup, StepReport, TrainBatch, Trainer, TrainerConfig};

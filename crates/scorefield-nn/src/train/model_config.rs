@@ -178,6 +178,14 @@ impl ModelConfig for NcsnUnetConfig {
     }
 }
 
+impl ModelConfig for crate::NoisyClassifierMlpConfig {
+    type Model = crate::NoisyClassifierMlp;
+
+    fn init_model(&self, device: &Device) -> Result<crate::NoisyClassifierMlp> {
+        Ok(self.init(device))
+    }
+}
+
 impl ModelConfig for ScoreMlpConfig {
     type Model = ScoreMlp;
 

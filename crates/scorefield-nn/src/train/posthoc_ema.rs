@@ -84,7 +84,7 @@ use burn::tensor::Bytes;
 use nalgebra::{DMatrix, DVector};
 use scorefield_core::Error;
 
-use super::checkpoint::{CheckpointError, FileEntry, compact_json, sha256_hex, write_atomically};
+use super::checkpoint::{CheckpointError, FileEntry, canonical_json, sha256_hex, write_atomically};
 use super::params::{combine, ema_update, float_dtype};
 use super::trainer::Trainer;
 
@@ -492,14 +492,14 @@ pub fn reconstruct<M: Module>(
     }
     let dtype = float_dtype(&model);
     for s in &used {
-        if compact_json(&s.model_config) != compact_json(model_config) {
+        if canonical_json(&s.model_config) != canonical_json(model_config) {
             return Err(CheckpointError::Mismatch {
                 what: "model config",
                 reason: format!(
                     "{} was saved for {}, not {}",
                     s.manifest.display(),
-                    compact_json(&s.model_config),
-                    compact_json(model_config)
+                    canonical_json(&s.model_config),
+                    canonical_json(model_config)
                 ),
             });
         }

@@ -3,11 +3,14 @@
 use burn::config::Config;
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::Tensor;
-use rand::SeedableRng;
+use burn::tensor::{Device, Tensor};
 use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use scorefield_core::condition::Condition;
+use scorefield_core::objective::{ConditionalObjective, LossOutput};
 use scorefield_core::{Error, Objective};
 
+use super::data_parallel::{DataParallel, shards};
 use super::params::{ema_update, global_grad_norm, scale_grads};
 use super::posthoc_ema::{PostHocEma, PostHocTracker};
 use super::schedule::{LrDecay, LrScheduleState, validate_decay};
@@ -199,6 +202,8 @@ pub struct Trainer<M: Module> {
     pub(super) config: TrainerConfig,
     pub(super) model_config: String,
     pub(super) step: u64,
+    /// Data parallelism across ranks (`None`: one rank, the model's device).
+    pub(super) parallel: Option<DataParallel>,
 }
 
 impl<M: Module> std::fmt::Debug for Trainer<M> {
@@ -208,11 +213,85 @@ impl<M: Module> std::fmt::Debug for Trainer<M> {
             .field("config", &self.config)
             .field("model_config", &self.model_config)
             .field("parameters", &self.model.num_params())
+            .field("parallel", &self.parallel)
             .finish_non_exhaustive()
     }
 }
 
-/// The random stream of a step: `0` for the objective, `1` for the batch.
+/// What [`Trainer::step`] trains on: a data batch `x₀` (an [`Objective`]'s), or `(x₀, y)`, a
+/// batch with one condition per sample (a [`ConditionalObjective`]'s: a class-conditional
+/// score model under any score-matching objective, a noise-conditional classifier).
+pub trait TrainBatch<M, O: ?Sized, const D: usize>: Sized {
+    /// The objective's loss of `model` on this batch.
+    fn loss(
+        self,
+        objective: &O,
+        model: &M,
+        rng: &mut dyn RngCore,
+    ) -> scorefield_core::Result<LossOutput>;
+
+    /// The `n` equal consecutive shards of the batch, one per rank of
+    /// [data parallelism](super::DataParallel) (`n = 1`: the batch itself).
+    ///
+    /// Errors with [`Error::InvalidParameter`] unless the batch splits evenly and, for a
+    /// conditional batch, its condition splits ([`Condition::shards`]).
+    fn split(self, n: usize) -> scorefield_core::Result<Vec<Self>>;
+
+    /// The batch on `device` (a rank's).
+    fn to_device(self, device: &Device) -> Self;
+}
+
+impl<M, O: Objective<M, D> + ?Sized, const D: usize> TrainBatch<M, O, D> for Tensor<D> {
+    fn loss(
+        self,
+        objective: &O,
+        model: &M,
+        rng: &mut dyn RngCore,
+    ) -> scorefield_core::Result<LossOutput> {
+        objective.loss(model, self, rng)
+    }
+
+    fn split(self, n: usize) -> scorefield_core::Result<Vec<Self>> {
+        shards(self, n)
+    }
+
+    fn to_device(self, device: &Device) -> Self {
+        Tensor::to_device(self, device)
+    }
+}
+
+impl<M, O, C, const D: usize> TrainBatch<M, O, D> for (Tensor<D>, C)
+where
+    O: ConditionalObjective<M, D, C> + ?Sized,
+    C: Condition,
+{
+    fn loss(
+        self,
+        objective: &O,
+        model: &M,
+        rng: &mut dyn RngCore,
+    ) -> scorefield_core::Result<LossOutput> {
+        objective.loss_given(model, self.0, &self.1, rng)
+    }
+
+    fn split(self, n: usize) -> scorefield_core::Result<Vec<Self>> {
+        if n == 1 {
+            return Ok(vec![self]);
+        }
+        let (x, y) = self;
+        let conditions = y.shards(n).ok_or_else(|| {
+            Error::invalid("condition", "unsplittable", format!("cannot be split into {n} ranks"))
+        })?;
+        Ok(shards(x, n)?.into_iter().zip(conditions).collect())
+    }
+
+    fn to_device(self, device: &Device) -> Self {
+        (self.0.to_device(device), self.1)
+    }
+}
+
+/// The random stream of a step: `0` for the objective (rank 0's), `1` for the batch, `r + 1`
+/// for rank `r ≥ 1`'s objective.
 const LOSS_STREAM: u64 = 0;
 const BATCH_STREAM: u64 = 1;
 
@@ -250,7 +329,8 @@ impl<M: Module> Trainer<M> {
             None => None,
         };
         let model_config = model_config.into();
-        Ok(Self { model, ema, optimizer, schedule, posthoc, config, model_config, step: 0 })
+        let (step, parallel) = (0, None);
+        Ok(Self { model, ema, optimizer, schedule, posthoc, config, model_config, step, parallel })
     }
 
     /// The model being trained (its parameters on the autodiff device). For evaluation
@@ -296,35 +376,54 @@ impl<M: Module> Trainer<M> {
         StdRng::seed_from_u64(stream_seed(self.config.seed, self.step, BATCH_STREAM))
     }
 
-    /// One optimisation step on the batch `x0` (see the [module docs](self) for the update).
-    /// Returns the loss, the per-sample losses and their noise levels.
+    /// One optimisation step on `batch` (see the [module docs](self) for the update): a data
+    /// batch `x₀` for an [`Objective`], or `(x₀, y)` with a condition per sample for a
+    /// [`ConditionalObjective`] ([`TrainBatch`]). Returns the loss, the per-sample losses and
+    /// their noise levels.
+    ///
+    /// With [data parallelism](Self::set_data_parallel) on, the batch is split across the
+    /// ranks and the update uses the mean of their gradients (see
+    /// [`DataParallel`](super::DataParallel)); without it, this is the same code with one rank.
     ///
     /// Errors with [`Error::NonFinite`] if the loss or the gradient norm is NaN or infinite,
+    /// with [`Error::InvalidParameter`] if the batch does not split evenly across the ranks,
     /// and with the objective's error if it fails; the model, the EMA, Adam's state and the
     /// step counter are then unchanged.
-    pub fn step<O, const D: usize>(
+    pub fn step<O, B, const D: usize>(
         &mut self,
         objective: &O,
-        x0: Tensor<D>,
+        batch: B,
     ) -> scorefield_core::Result<StepReport>
     where
-        O: Objective<M, D> + ?Sized,
+        O: ?Sized,
+        B: TrainBatch<M, O, D>,
     {
-        let step = self.step;
-        let mut rng = StdRng::seed_from_u64(stream_seed(self.config.seed, step, LOSS_STREAM));
-        let out = objective.loss(&self.model, x0, &mut rng)?;
-        let loss = out.loss.clone().inner().into_scalar::<f64>();
-        if !loss.is_finite() {
-            return Err(Error::NonFinite { context: format!("training loss at step {step}") });
-        }
-        let host = |t: Tensor<1>| t.inner().try_into_vec_as::<f64>().ok();
-        let per_sample = host(out.per_sample).unwrap_or_default();
-        let (sigma, t) = match out.level {
-            Some(level) => (host(level.sigma), host(level.t)),
-            None => (None, None),
-        };
+        self.step_ranks(objective, batch)
+    }
 
-        let mut grads = GradientsParams::from_grads(out.loss.backward(), &self.model);
+    /// The generator of rank `rank`'s objective at the current step, seeded by
+    /// `(seed, step, stream)`: stream 0 for rank 0 (the stream of a single-device run),
+    /// stream `rank + 1` for the others (stream 1 draws the batch).
+    pub(super) fn loss_rng(&self, rank: usize) -> StdRng {
+        StdRng::seed_from_u64(self.loss_seed(rank))
+    }
+
+    /// The seed of [`loss_rng`](Self::loss_rng).
+    pub(super) fn loss_seed(&self, rank: usize) -> u64 {
+        let stream = if rank == 0 { LOSS_STREAM } else { BATCH_STREAM + rank as u64 };
+        stream_seed(self.config.seed, self.step, stream)
+    }
+
+    /// The second half of a step, once the gradient `grads` of the batch's loss is known (on
+    /// several ranks: their mean): the global norm, clipping, Adam, the EMA, the post-hoc EMA
+    /// and the step counter. Errors with [`Error::NonFinite`] (and changes nothing) if the
+    /// gradient norm is not finite.
+    pub(super) fn apply_gradients(
+        &mut self,
+        mut grads: GradientsParams,
+        losses: BatchLosses,
+    ) -> scorefield_core::Result<StepReport> {
+        let step = self.step;
         let grad_norm = global_grad_norm(&self.model, &grads);
         if !grad_norm.is_finite() {
             return Err(Error::NonFinite { context: format!("gradient norm at step {step}") });
@@ -345,6 +444,7 @@ impl<M: Module> Trainer<M> {
         if let Some(posthoc) = &mut self.posthoc {
             posthoc.update(&self.model, self.step);
         }
+        let BatchLosses { loss, per_sample, sigma, t } = losses;
         Ok(StepReport {
             step,
             loss,
@@ -357,4 +457,17 @@ impl<M: Module> Trainer<M> {
             t,
         })
     }
+}
+
+/// The losses of a step's whole batch, on the host: what [`StepReport`] shows of them.
+#[derive(Debug, Clone, Default)]
+pub(super) struct BatchLosses {
+    /// The batch's loss (on several ranks, the mean of theirs).
+    pub(super) loss: f64,
+    /// The loss of each batch element, in batch order.
+    pub(super) per_sample: Vec<f64>,
+    /// The noise level `σ` of each batch element, if the objective perturbs the data.
+    pub(super) sigma: Option<Vec<f64>>,
+    /// The time `t` of each batch element, if the objective perturbs the data.
+    pub(super) t: Option<Vec<f64>>,
 }
