@@ -22,18 +22,18 @@
 #[path = "common/cli.rs"]
 mod cli;
 
+#[path = "common/progress.rs"]
+mod progress;
 #[path = "common/toy_run.rs"]
 mod toy_run;
 
 use std::error::Error;
-use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::config::Config;
 use burn::tensor::{Device, Tensor};
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use scorefield::analytic::GaussianMixture;
@@ -308,14 +308,6 @@ fn train(
     Ok((trainer.ema().clone(), levels))
 }
 
-fn bar(len: u64, template: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    if let Ok(style) = ProgressStyle::with_template(template) {
-        bar.set_style(style);
-    }
-    bar
-}
-
 /// Runs a sampler behind a progress bar; the samples on the host.
 fn run<S: Sampler<ScoreMlp, 2>>(
     name: &str,
@@ -325,13 +317,8 @@ fn run<S: Sampler<ScoreMlp, 2>>(
     rng: &mut StdRng,
 ) -> AnyResult<Vec<[f64; 2]>> {
     let start = Instant::now();
-    let progress = bar(1, &format!("{name} {{bar:30}} {{pos}}/{{len}} steps"));
-    let mut observer = |s: &SampleStep<'_, 2>| {
-        progress.set_length(s.total as u64);
-        progress.set_position(s.step as u64 + 1);
-        ControlFlow::Continue(())
-    };
-    let x = sampler.sample(model, init, rng, &mut observer)?;
+    let progress = progress::bar(1, &format!("{name} {{bar:30}} {{pos}}/{{len}} steps"));
+    let x = progress::sample_with_bar(&progress, sampler, model, init, rng)?;
     progress.finish_and_clear();
     println!("{name}: {} samples in {:.1?}", x.dims()[0], start.elapsed());
     points(x)

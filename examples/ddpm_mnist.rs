@@ -52,6 +52,8 @@ mod cli;
 
 #[path = "common/mnist_args.rs"]
 mod mnist_args;
+#[path = "common/progress.rs"]
+mod progress;
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -60,11 +62,12 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::tensor::Tensor;
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use mnist_args::MnistArgs;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::index::sample;
+use scorefield::Sampler;
 use scorefield::data::image::grid;
 use scorefield::data::mnist::Mnist;
 use scorefield::eval::{self, MnistClassifier, QualityReport};
@@ -77,7 +80,6 @@ use scorefield::param::{EpsilonPrediction, SigmaTilde};
 use scorefield::random::standard_normal;
 use scorefield::sampler::{Ddim, DdpmAncestral, DdpmVariance};
 use scorefield::schedule::{BetaSchedule, Ddpm};
-use scorefield::{SampleStep, Sampler};
 
 /// Command-line options.
 #[derive(Parser)]
@@ -144,12 +146,13 @@ fn to_unit_range(x: Tensor<4>) -> Tensor<4> {
     x.add_scalar(1.0).div_scalar(2.0)
 }
 
-fn bar(len: u64, prefix: &'static str) -> ProgressBar {
-    let style = ProgressStyle::with_template(
+/// A bar over `len` steps labelled `prefix`.
+fn bar(len: u64, prefix: &str) -> ProgressBar {
+    progress::bar(
+        len,
         "{prefix:>10} {bar:32} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
     )
-    .expect("a valid template");
-    ProgressBar::new(len).with_style(style).with_prefix(prefix)
+    .with_prefix(prefix.to_string())
 }
 
 /// Runs a sampler from `x_T ~ N(0, I)` with a progress bar; returns the samples in [0, 1].
@@ -163,12 +166,7 @@ fn draw<S: Sampler<EpsilonUnet, 4>>(
 ) -> scorefield::Result<Tensor<4>> {
     let init = standard_normal([n, 1, 28, 28], device, rng);
     let progress = bar(0, name);
-    let mut observer = |s: &SampleStep<'_, 4>| {
-        progress.set_length(s.total as u64);
-        progress.set_position(s.step as u64 + 1);
-        ControlFlow::Continue(())
-    };
-    let x = sampler.sample(model, init, rng, &mut observer)?;
+    let x = progress::sample_with_bar(&progress, sampler, model, init, rng)?;
     progress.finish();
     Ok(to_unit_range(x))
 }

@@ -30,6 +30,8 @@
 #[path = "common/cli.rs"]
 mod cli;
 
+#[path = "common/progress.rs"]
+mod progress;
 #[path = "common/toy_run.rs"]
 mod toy_run;
 
@@ -41,7 +43,6 @@ use std::time::Instant;
 use burn::config::Config;
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::{Parser, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use scorefield::analytic::GaussianMixture;
@@ -57,7 +58,7 @@ use scorefield::objective::{
 };
 use scorefield::sampler::{AnnealedLangevin, Langevin};
 use scorefield::schedule::GeometricSigmas;
-use scorefield::{NoiseLevel, NoiseSchedule, Objective, SampleStep, Sampler, ScoreJvp, ScoreModel};
+use scorefield::{NoiseLevel, NoiseSchedule, Objective, Sampler, ScoreJvp, ScoreModel};
 use toy_run::RunInfo;
 
 /// The data sets.
@@ -331,15 +332,6 @@ fn exact_score_loss(
     Ok(total / 8.0)
 }
 
-/// A progress bar of `len` steps with the given indicatif template.
-fn progress(len: u64, template: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    if let Ok(style) = ProgressStyle::with_template(template) {
-        bar.set_style(style);
-    }
-    bar
-}
-
 /// Runs a sampler behind a progress bar and returns its samples on the host.
 fn run_sampler<M, S: Sampler<M, 2>>(
     name: &str,
@@ -349,14 +341,11 @@ fn run_sampler<M, S: Sampler<M, 2>>(
     rng: &mut StdRng,
 ) -> Result<Vec<[f64; 2]>, Box<dyn Error>> {
     let start = Instant::now();
-    let bar =
-        progress(1, &format!("{name} {{bar:30}} {{pos}}/{{len}} steps [{{elapsed}} < {{eta}}]"));
-    let mut observer = |s: &SampleStep<'_, 2>| {
-        bar.set_length(s.total as u64);
-        bar.set_position(s.step as u64 + 1);
-        ControlFlow::Continue(())
-    };
-    let x = sampler.sample(model, init, rng, &mut observer)?;
+    let bar = progress::bar(
+        1,
+        &format!("{name} {{bar:30}} {{pos}}/{{len}} steps [{{elapsed}} < {{eta}}]"),
+    );
+    let x = progress::sample_with_bar(&bar, sampler, model, init, rng)?;
     bar.finish_and_clear();
     println!("{name}: {} samples in {:.1?}", x.dims()[0], start.elapsed());
     points(x)
