@@ -109,7 +109,8 @@ pub fn accuracy(
 
 /// The share of `images` (`[N, 1, 28, 28]` in `[0, 1]`) whose most probable class is the
 /// corresponding entry of `labels`: how often generated digits are the digit that was asked
-/// for (conditional sampling) or the digit they were completed from (inpainting).
+/// for (conditional sampling) or the digit they were completed from (inpainting). Classified
+/// as [`evaluate`] classifies: in chunks, values outside `[0, 1]` clamped.
 ///
 /// Errors with [`Error::ShapeMismatch`] unless there is one label per image and at least one.
 pub fn label_agreement(
@@ -125,7 +126,7 @@ pub fn label_agreement(
             got: format!("{} labels", labels.len()),
         });
     }
-    let probs = host_rows(classifier.logits(images))?;
+    let (_, probs) = classify(classifier, images)?;
     let agree = probs.chunks(CLASSES).zip(labels).filter(|(row, y)| argmax(row) == **y).count();
     Ok(agree as f64 / n as f64)
 }
@@ -272,6 +273,26 @@ mod tests {
         assert_relative_eq!(confident_share(probs, 0.5).unwrap(), 1.0, epsilon = 1e-12);
         let empty = Tensor::<2>::zeros([0, 10], &device());
         assert_eq!(confident_share(empty, 0.9).unwrap(), 0.0);
+    }
+
+    /// The share of images whose predicted class is the label: 1 for the classifier's own
+    /// predictions, the share of kept ones when some labels are changed; a label count that
+    /// differs from the image count is a typed error.
+    #[test]
+    fn label_agreement_counts_the_predicted_labels() {
+        let dev = device();
+        let classifier = MnistClassifierConfig::new().with_conv1(4).with_conv2(4).init(&dev);
+        let x = Tensor::<4>::random([8, 1, 28, 28], burn::tensor::Distribution::Default, &dev);
+        let logits = host_rows(classifier.logits(x.clone())).unwrap();
+        let predicted: Vec<usize> = logits.chunks(CLASSES).map(argmax).collect();
+        assert_eq!(label_agreement(&classifier, x.clone(), &predicted).unwrap(), 1.0);
+        let mut changed = predicted.clone();
+        for y in changed.iter_mut().take(3) {
+            *y = (*y + 1) % CLASSES;
+        }
+        assert_eq!(label_agreement(&classifier, x.clone(), &changed).unwrap(), 5.0 / 8.0);
+        let err = label_agreement(&classifier, x, &predicted[..7]).unwrap_err();
+        assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
     }
 
     #[test]

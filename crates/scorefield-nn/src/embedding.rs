@@ -63,6 +63,16 @@ pub fn class_embedding(
     rows.reshape([b, dim])
 }
 
+/// A class-conditional network (`classes > 0`) used without labels: the
+/// [`Error::MissingCondition`] its `validate` returns, naming `network`; `Ok` for an
+/// unconditional one.
+pub fn check_unconditional_use(network: &str, classes: usize) -> Result<()> {
+    if classes > 0 {
+        return Err(Error::MissingCondition { model: format!("{network} with {classes} classes") });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -334,12 +334,7 @@ impl ScoreMlp {
 
     /// A conditional network refuses to score without labels.
     fn check_unconditional(&self) -> scorefield_core::Result<()> {
-        if self.classes > 0 {
-            return Err(scorefield_core::Error::MissingCondition {
-                model: format!("ScoreMlp with {} classes", self.classes),
-            });
-        }
-        Ok(())
+        crate::embedding::check_unconditional_use("ScoreMlp", self.classes)
     }
 }
 

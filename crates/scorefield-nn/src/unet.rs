@@ -281,12 +281,7 @@ impl NcsnUnet {
 
     /// A conditional network refuses to score without labels.
     fn check_unconditional(&self) -> scorefield_core::Result<()> {
-        if self.classes > 0 {
-            return Err(scorefield_core::Error::MissingCondition {
-                model: format!("NcsnUnet with {} classes", self.classes),
-            });
-        }
-        Ok(())
+        crate::embedding::check_unconditional_use("NcsnUnet", self.classes)
     }
 }
 
