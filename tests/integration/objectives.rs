@@ -4,15 +4,19 @@
 //! (DSM), and the DDPM bound's closed forms (Gaussian KL, decoder, prior term) recomputed on
 //! the host in f64.
 
+use std::convert::Infallible;
+use std::ops::ControlFlow;
+
 use burn::module::{Module, Param};
-use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use scorefield::analytic::{Gaussian, GaussianMixture};
 use scorefield::core::jvp::{FiniteDifference, SUGGESTED_STEP_F32, score_and_trace};
-use scorefield::nn::{Conditioning, ScoreMlp, ScoreMlpConfig};
+use scorefield::nn::{
+    Conditioning, LrDecay, ScoreMlp, ScoreMlpConfig, StepReport, Trainer, TrainerConfig,
+};
 use scorefield::objective::elbo::{discretized_gaussian_log_likelihood, gaussian_kl};
 use scorefield::objective::sliced::scaled_axes;
 use scorefield::objective::{
@@ -150,10 +154,12 @@ fn scalar(t: Tensor<1>) -> f64 {
     values(t)[0]
 }
 
-/// Trains `model` with Adam on fresh batches from `data`, with a learning rate that drops
-/// ten-fold for the last quarter of the steps.
+/// Trains `model` with the library's trainer (`Trainer::fit`: Adam, no clipping) on fresh
+/// batches from `data`, with a learning rate that drops ten-fold for the last quarter of the
+/// steps (`LrDecay::Step`); `after_step(k, model)` sees the weights after step `k`. The
+/// trainer's seed is drawn from `rng`.
 fn train<M, O>(
-    mut model: M,
+    model: M,
     objective: &O,
     steps: usize,
     lr: f64,
@@ -165,16 +171,18 @@ where
     M: Module,
     O: Objective<M, 2>,
 {
-    let mut optim = AdamConfig::new().init();
-    for step in 0..steps {
-        let batch = data(rng);
-        let out = objective.loss(&model, batch, rng).unwrap();
-        let grads = GradientsParams::from_grads(out.loss.backward(), &model);
-        let rate = if step < steps * 3 / 4 { lr } else { lr / 10.0 };
-        model = optim.step(rate, model, grads);
-        after_step(step, &model);
-    }
-    model
+    let config = TrainerConfig::new()
+        .with_learning_rate(lr)
+        .with_lr_decay(Some(LrDecay::Step { step_size: (steps * 3 / 4) as u64, gamma: 0.1 }))
+        .with_seed(rng.next_u64());
+    let mut trainer = Trainer::new(model, "{}", config).unwrap();
+    let mut each = |t: &Trainer<M>, report: &StepReport| {
+        after_step(report.step as usize, t.model());
+        Ok(ControlFlow::Continue(()))
+    };
+    let batch = |rng: &mut StdRng| Ok::<_, Infallible>(data(rng));
+    trainer.fit(objective, steps as u64, batch, &mut [&mut each]).unwrap();
+    trainer.into_models().0
 }
 
 // ---------------------------------------------------------------------------------------------

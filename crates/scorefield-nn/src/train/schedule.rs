@@ -9,6 +9,7 @@
 //! η̃_k = η                                               no decay (lr_decay = None, the default)
 //! η̃_k = η_min + ½ (η − η_min) (1 + cos(π · min(k, N)/N))   LrDecay::Cosine { N, η_min }
 //! η̃_k = η / √max(k / t_ref, 1)                            LrDecay::InverseSqrt { t_ref }  (EDM2)
+//! η̃_k = η · γ^⌊k / s⌋                                     LrDecay::Step { s, γ }  (PyTorch's StepLR)
 //! ```
 //!
 //! The decay counts its steps from 0, under the warm-up, as EDM2 multiplies its ramp-up into
@@ -16,7 +17,8 @@
 //! Models", Eq. 16; there `t_ref = 70k` batches and a ramp-up of 10 M images). The factors are
 //! burn-optim [`LrScheduler`]s: the constant is burn's `LearningRate`, the cosine is burn's
 //! `CosineAnnealingLrScheduler` followed by a constant `η_min` from step `N + 1` on (burn's
-//! `SequentialLrScheduler`; without it burn's cosine climbs back up after `N` steps), and the
+//! `SequentialLrScheduler`; without it burn's cosine climbs back up after `N` steps), the step
+//! decay is burn's `StepLrScheduler`, and the
 //! warm-up and the inverse square root are [`LinearWarmupLr`] and [`InverseSqrtLr`], which
 //! implement burn's trait (burn's Noam schedule ramps up over `t_ref` itself, and its linear
 //! schedule rounds differently from `(k + 1)/W`, which would change existing runs in their
@@ -27,6 +29,7 @@ use burn::config::Config;
 use burn::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
 use burn::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
 use burn::lr_scheduler::sequential::SequentialLrSchedulerConfig;
+use burn::lr_scheduler::step::StepLrSchedulerConfig;
 use burn::lr_scheduler::{LrScheduler, LrSchedulerConfig, LrSchedulerRecord};
 use burn::optim::LearningRate;
 use scorefield_core::Error;
@@ -48,6 +51,14 @@ pub enum LrDecay {
     InverseSqrt {
         /// `t_ref ≥ 1`, the step from which the rate falls as `k^(−½)`.
         ref_steps: u64,
+    },
+    /// Step decay: `η̃_k = η · γ^⌊k/s⌋`, the rate multiplied by `γ` every `s` steps (a single
+    /// drop when `s` is past half the run).
+    Step {
+        /// `s ≥ 1`, the number of steps between two drops.
+        step_size: u64,
+        /// `γ ∈ (0, 1)`, the factor of each drop.
+        gamma: f64,
     },
 }
 
@@ -176,6 +187,16 @@ pub(super) fn validate_decay(
         Some(LrDecay::InverseSqrt { ref_steps }) => {
             InverseSqrtLr::new(learning_rate, *ref_steps).map(|_| ())
         }
+        Some(LrDecay::Step { step_size, gamma }) => {
+            if *step_size == 0 {
+                return Err(Error::invalid("step_size", 0, "must be at least 1"));
+            }
+            usize_steps("step_size", *step_size)?;
+            if !(*gamma > 0.0 && *gamma < 1.0) {
+                return Err(Error::invalid("gamma", gamma, "must lie in (0, 1)"));
+            }
+            Ok(())
+        }
     }
 }
 
@@ -206,6 +227,10 @@ impl LrScheduleState {
             }
             Some(LrDecay::InverseSqrt { ref_steps }) => {
                 Ok(ModuleLrScheduler::new(InverseSqrtLr::new(learning_rate, *ref_steps)?))
+            }
+            Some(LrDecay::Step { step_size, gamma }) => {
+                let s = usize_steps("step_size", *step_size)?;
+                StepLrSchedulerConfig::new(learning_rate, s).with_gamma(*gamma).init()
             }
         }
         .map_err(burn_error)?;

@@ -866,6 +866,16 @@ fn lr_schedules_follow_their_closed_forms() {
         close(inverse.learning_rate_at(k).unwrap(), want, &format!("inverse sqrt at {k}"));
     }
     assert_eq!(inverse.learning_rate_at(80).unwrap(), eta / 2.0, "4 t_ref: η/2");
+    // Step decay: η_k = min(1, (k+1)/W) · η · γ^⌊k/s⌋.
+    let (eta, s, gamma, w) = (5e-2, 6, 0.1, 2);
+    let step = TrainerConfig::new()
+        .with_learning_rate(eta)
+        .with_warmup_steps(w)
+        .with_lr_decay(Some(LrDecay::Step { step_size: s, gamma }));
+    for k in [0, 1, 5, 6, 7, 11, 12, 20] {
+        let want = ramp(k, w) * eta * gamma.powi((k / s) as i32);
+        close(step.learning_rate_at(k).unwrap(), want, &format!("step decay at {k}"));
+    }
     // The trainer's steps use the schedule, and a running schedule equals a replayed one.
     let dev = device();
     let config = inverse.with_batch_size(8);
@@ -887,6 +897,10 @@ fn lr_schedules_follow_their_closed_forms() {
         with(LrDecay::Cosine { decay_steps: 10, min_learning_rate: -1e-4 }),
         with(LrDecay::Cosine { decay_steps: 10, min_learning_rate: 0.0 }).with_learning_rate(2.0),
         with(LrDecay::InverseSqrt { ref_steps: 0 }),
+        with(LrDecay::Step { step_size: 0, gamma: 0.1 }),
+        with(LrDecay::Step { step_size: 5, gamma: 0.0 }),
+        with(LrDecay::Step { step_size: 5, gamma: 1.5 }),
+        with(LrDecay::Step { step_size: 5, gamma: f64::NAN }),
     ] {
         let err = config.validate().unwrap_err();
         assert!(matches!(err, Error::InvalidParameter { .. }), "{config:?}: {err}");

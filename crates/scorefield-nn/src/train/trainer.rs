@@ -41,7 +41,7 @@ pub struct TrainerConfig {
     /// Linear warm-up length `W`: step `k` uses `η̃_k · min(1, (k + 1)/W)`; 0 disables it.
     #[config(default = 0)]
     pub warmup_steps: u64,
-    /// The decay of the learning rate ([`LrDecay`]: cosine, or EDM2's inverse square root);
+    /// The decay of the learning rate ([`LrDecay`]: cosine, step, or EDM2's inverse square root);
     /// `None` (the default) keeps `η` after the warm-up. See [`super::schedule`].
     pub lr_decay: Option<LrDecay>,
     /// Clip the gradient to this global L2 norm `c`: `g ← g · min(1, c/‖g‖₂)`, the norm taken
