@@ -6,9 +6,9 @@
 //! units; unconditioned for exact and sliced SM, conditioned on `ln σ` with the NCSN output
 //! scaling for DSM), a pool of 64 batches of 64 standard-normal samples in f32, drawn at set-up
 //! and used in turn (on one fixed batch exact and sliced SM diverge to −∞ within a few thousand
-//! steps), and Adam (lr 1e-3, β = (0.9, 0.999), ε = 1e-8, as PyTorch's defaults). It runs
-//! `--warmup` steps (3 by default), then `N` timed steps (loss, `backward`, Adam update, loss
-//! read back to the host), and prints one line: the parameter count, the last loss and the
+//! steps), and the trainer's Adam (lr 1e-3, β = (0.9, 0.999), ε = 1e-8, as PyTorch's defaults). It runs
+//! `--warmup` steps (3 by default), then `N` timed steps of `Trainer::fit` (loss, `backward`,
+//! the global gradient norm, Adam update, EMA, the losses read back to the host), and prints one line: the parameter count, the last loss and the
 //! mean in-process time per step. `--steps 0` runs the set-up and warm-up only, so the fixed
 //! cost of a process can be subtracted from a timed run.
 //!
@@ -28,15 +28,14 @@
 //! `--backend NAME` picks another compiled-in device (default `flex`). Unknown arguments
 //! (`--bench`, passed by `cargo bench`) are ignored. Results: `docs/objectives_benchmark.md`.
 
-use std::time::Instant;
+use std::convert::Infallible;
 
 use burn::module::Module;
-use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
-use rand::SeedableRng;
 use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
 use scorefield::core::jvp::{FiniteDifference, SUGGESTED_STEP_F32};
-use scorefield::nn::{Conditioning, ScoreMlp, ScoreMlpConfig};
+use scorefield::nn::{Conditioning, ScoreMlp, ScoreMlpConfig, Trainer, TrainerConfig};
 use scorefield::objective::{
     DenoisingScoreMatching, ExactScoreMatching, Projection, SlicedScoreMatching,
 };
@@ -129,7 +128,7 @@ fn main() {
     let device: Device = scorefield::device(&args.backend).expect("backend compiled in").autodiff();
     let conditioned = args.kind == Kind::Dsm;
     let conditioning = if conditioned { Conditioning::LogSigma } else { Conditioning::None };
-    let mut model = ScoreMlpConfig::new(args.dim)
+    let model = ScoreMlpConfig::new(args.dim)
         .with_hidden(HIDDEN)
         .with_layers(LAYERS)
         .with_embedding(EMBEDDING)
@@ -141,41 +140,16 @@ fn main() {
 
     let mut rng = StdRng::seed_from_u64(0);
     let data: Tensor<2> = standard_normal([POOL * BATCH, args.dim], &device, &mut rng);
-    let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
     let sliced = SlicedScoreMatching::variance_reduced(1, Projection::Rademacher);
     let sigmas = GeometricSigmas::new(0.01, 1.0, 10).expect("valid levels");
     let dsm = DenoisingScoreMatching::multi_scale(&sigmas, 10).expect("valid levels");
-
-    let mut batch = 0;
-    let mut step = |model: ScoreMlp, rng: &mut StdRng| -> (ScoreMlp, f32) {
-        let x = data.clone().narrow(0, (batch % POOL) * BATCH, BATCH);
-        batch += 1;
-        let out: LossOutput = match args.kind {
-            Kind::Exact => ExactScoreMatching::new().loss(&model, x, rng),
-            Kind::Sliced => sliced.loss(&model, x, rng),
-            Kind::FdSliced => {
-                let fd = FiniteDifference::new(&model, SUGGESTED_STEP_F32).expect("valid step");
-                sliced.loss(&fd, x, rng)
-            }
-            Kind::Dsm => dsm.loss(&model, x, rng),
-        }
-        .expect("loss");
-        let value = out.loss.clone();
-        let grads = GradientsParams::from_grads(out.loss.backward(), &model);
-        let model = optim.step(1e-3, model, grads);
-        (model, value.into_scalar::<f32>())
+    let (loss, seconds) = match args.kind {
+        Kind::Exact => train(model, &ExactScoreMatching::new(), &data, &args),
+        Kind::Sliced => train(model, &sliced, &data, &args),
+        Kind::FdSliced => train(model, &ThroughFiniteDifference(sliced), &data, &args),
+        Kind::Dsm => train(model, &dsm, &data, &args),
     };
-
-    let mut loss = f32::NAN;
-    for _ in 0..args.warmup {
-        (model, loss) = step(model, &mut rng);
-    }
-    let start = Instant::now();
-    for _ in 0..args.steps {
-        (model, loss) = step(model, &mut rng);
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    let per_step = if args.steps > 0 { elapsed / args.steps as f64 * 1e3 } else { f64::NAN };
+    let per_step = if args.steps > 0 { seconds / args.steps as f64 * 1e3 } else { f64::NAN };
     let name = match args.kind {
         Kind::Exact => "exact",
         Kind::Sliced => "sliced",
@@ -187,4 +161,45 @@ fn main() {
          step_ms={per_step:.3}",
         args.backend, args.dim, args.steps
     );
+}
+
+/// `--warmup` untimed steps, then `--steps` timed ones, of `Trainer::fit` (its defaults: Adam
+/// with lr 1e-3, β = (0.9, 0.999), ε = 1e-8; the global gradient norm; EMA 0.999; the losses
+/// read back) on the batches of `data` in turn. Returns the last loss and the timed seconds.
+fn train<O: Objective<ScoreMlp, 2>>(
+    model: ScoreMlp,
+    objective: &O,
+    data: &Tensor<2>,
+    args: &Args,
+) -> (f64, f64) {
+    let config = TrainerConfig::new().with_batch_size(BATCH);
+    let mut trainer = Trainer::new(model, "{}", config).expect("trainer");
+    let mut batch = 0;
+    let mut next = |_: &mut StdRng| {
+        let x = data.clone().narrow(0, (batch % POOL) * BATCH, BATCH);
+        batch += 1;
+        Ok::<_, Infallible>(x)
+    };
+    let warm = trainer.fit(objective, args.warmup as u64, &mut next, &mut []).expect("warm-up");
+    let until = (args.warmup + args.steps) as u64;
+    let timed = trainer.fit(objective, until, &mut next, &mut []).expect("training");
+    (timed.last.or(warm.last).map_or(f64::NAN, |report| report.loss), timed.seconds)
+}
+
+/// An objective of the model seen through central finite differences (`h = 1e-3`): the
+/// sliced loss from three plain forward passes instead of a forward-mode JVP.
+struct ThroughFiniteDifference<O>(O);
+
+impl<O: for<'a> Objective<FiniteDifference<&'a ScoreMlp>, 2>> Objective<ScoreMlp, 2>
+    for ThroughFiniteDifference<O>
+{
+    fn loss(
+        &self,
+        model: &ScoreMlp,
+        x0: Tensor<2>,
+        rng: &mut dyn RngCore,
+    ) -> scorefield::Result<LossOutput> {
+        let fd = FiniteDifference::new(model, SUGGESTED_STEP_F32)?;
+        self.0.loss(&fd, x0, rng)
+    }
 }

@@ -71,7 +71,7 @@ fn main() {
             let params = model.num_params();
             assert_eq!(params, expected_params(), "ScoreMlp parameter count");
             let data: Tensor<2> = standard_normal([POOL * BATCH, DIM], &device, &mut rng);
-            let (loss, per_step) = train_dsm(model, data, BATCH, POOL, &args, &mut rng);
+            let (loss, per_step) = train_dsm(model, data, BATCH, POOL, &args);
             report("mlp", &args, params, Some(loss), per_step);
         }
         Workload::Sample => {

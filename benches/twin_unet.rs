@@ -59,7 +59,7 @@ fn main() {
             let params = model.num_params();
             assert_eq!(params, PARAMS, "NcsnUnet parameter count");
             let data = uniform_images(POOL * BATCH, &device, &mut rng);
-            let (loss, per_step) = train_dsm(model, data, BATCH, POOL, &args, &mut rng);
+            let (loss, per_step) = train_dsm(model, data, BATCH, POOL, &args);
             report("unet", &args, params, Some(loss), per_step);
         }
         Workload::Sample => {

@@ -5,7 +5,8 @@ objective with the same network as scorefield's `ScoreMlp`, for side-by-side tim
     python benches/pytorch/objectives.py --objective exact --dim 64 --steps 20
 
 runs a short warm-up (`--warmup` steps, 3 by default, not counted), then `--steps` training
-steps with Adam (lr 1e-3, betas (0.9, 0.999), eps 1e-8) on a pool of 64 batches of 64
+steps as scorefield's `Trainer::step` takes them (Adam with lr 1e-3, betas (0.9, 0.999),
+eps 1e-8; the global gradient norm checked; an EMA of the weights, 0.999) on a pool of 64 batches of 64
 standard-normal samples (drawn at set-up, used in turn), on the CPU with `--threads` threads
 (2 by default), in f32, and prints one line: the parameter count (checked against the closed
 form of `ScoreMlp`'s), the last loss and the mean in-process time per step.
@@ -160,7 +161,9 @@ def main():
     params = sum(p.numel() for p in net.parameters())
     expected = expected_params(args.dim, conditioned)
     assert params == expected, f"{params} parameters, ScoreMlp has {expected}"
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
+    params = list(net.parameters())
+    opt = torch.optim.Adam(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
+    ema = [p.detach().clone() for p in params]
     data = torch.randn(POOL, BATCH, args.dim)
     loss_fn = LOSSES[args.objective]
 
@@ -172,7 +175,14 @@ def main():
         batch += 1
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        # What scorefield's Trainer::step also does: the global gradient norm checked, an EMA
+        # of the weights, the losses read back.
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])).item()
+        if not math.isfinite(norm):
+            raise FloatingPointError(f"gradient norm {norm}")
         opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, params, 1.0 - 0.999)
         return loss.item()
 
     loss = float("nan")

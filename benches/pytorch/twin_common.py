@@ -30,27 +30,40 @@ def parse_args(doc, default_steps):
 
 
 def dsm_loss(net, x):
-    """Multi-scale DSM, a uniform level per sample, λ = σ²: mean ½‖σ·s(x + σz, σ) + z‖²."""
+    """Multi-scale DSM, a uniform level per sample, λ = σ²: ½‖σ·s(x + σz, σ) + z‖² per sample,
+    and each sample's σ."""
     b = x.shape[0]
     sigma = SIGMAS[torch.randint(0, len(SIGMAS), (b,))]
     shape = (b,) + (1,) * (x.dim() - 1)
     z = torch.randn_like(x)
     s = net(x + sigma.view(shape) * z, sigma)
-    return (0.5 * (s * sigma.view(shape) + z).square().flatten(1).sum(1)).mean()
+    return 0.5 * (s * sigma.view(shape) + z).square().flatten(1).sum(1), sigma
 
 
 def train(net, data, args):
-    """Warm-up then timed Adam steps on the batches of `data` in turn; (last loss, s/step)."""
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
+    """Warm-up then timed steps on the batches of `data` in turn; (last loss, s/step). A step
+    is what scorefield's `Trainer::step` does: the loss, its gradient, the global gradient norm
+    checked for finiteness, Adam, an EMA of the weights (0.999), and the loss, the per-sample
+    losses and their levels read back to the host."""
+    params = list(net.parameters())
+    opt = torch.optim.Adam(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
+    ema = [p.detach().clone() for p in params]
     batch = 0
 
     def step():
         nonlocal batch
-        loss = dsm_loss(net, data[batch % len(data)])
+        per_sample, sigma = dsm_loss(net, data[batch % len(data)])
+        loss = per_sample.mean()
         batch += 1
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])).item()
+        if not math.isfinite(norm):
+            raise FloatingPointError(f"gradient norm {norm}")
         opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, params, 1.0 - 0.999)
+        per_sample.detach().tolist(), sigma.tolist()
         return loss.item()
 
     loss = float("nan")

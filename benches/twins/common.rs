@@ -6,16 +6,17 @@
 //! builds with `T` threads; without the flag rayon reads `RAYON_NUM_THREADS`, else uses one
 //! thread per core. Unknown arguments (`--bench`, passed by `cargo bench`) are ignored.
 
+use std::convert::Infallible;
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::Tensor;
 use rand::rngs::StdRng;
+use scorefield::ScoreModel;
+use scorefield::nn::{Trainer, TrainerConfig};
 use scorefield::objective::DenoisingScoreMatching;
 use scorefield::sampler::{AnnealedLangevin, Sampler};
 use scorefield::schedule::GeometricSigmas;
-use scorefield::{LossOutput, Objective, ScoreModel};
 
 /// Training or sampling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,42 +96,35 @@ pub fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
 }
 
 /// The training workload of both twins: `args.warmup` untimed, then `args.steps` timed
-/// multi-scale DSM steps (NCSN's 10 levels) with Adam (lr 1e-3, ε = 1e-8, PyTorch's defaults)
-/// on batches of `batch` taken in turn from `data` (`pool` of them), the loss read back each
-/// step. Returns the last loss and the mean seconds per timed step.
+/// multi-scale DSM steps (NCSN's 10 levels) of the library's trainer (`Trainer::fit` with its
+/// defaults: Adam with lr 1e-3 and ε = 1e-8, PyTorch's defaults; the global gradient norm
+/// checked; EMA 0.999; the loss and the per-sample losses and levels read back) on batches of
+/// `batch` taken in turn from `data` (`pool` of them). The PyTorch twin's step does the same
+/// work. Returns the last loss and the mean seconds per timed step.
 pub fn train_dsm<M, const D: usize>(
-    mut model: M,
+    model: M,
     data: Tensor<D>,
     batch: usize,
     pool: usize,
     args: &Args,
-    rng: &mut StdRng,
 ) -> (f32, f64)
 where
     M: Module + ScoreModel<D>,
 {
     let dsm = DenoisingScoreMatching::multi_scale(&GeometricSigmas::ncsn(), 10).expect("levels");
-    let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
+    let config = TrainerConfig::new().with_batch_size(batch);
+    let mut trainer = Trainer::new(model, "{}", config).expect("trainer");
     let mut taken = 0;
-    let mut step = |model: M, rng: &mut StdRng| -> (M, f32) {
+    let mut next = |_: &mut StdRng| {
         let x = data.clone().narrow(0, (taken % pool) * batch, batch);
         taken += 1;
-        let out: LossOutput = dsm.loss(&model, x, rng).expect("loss");
-        let value = out.loss.clone();
-        let grads = GradientsParams::from_grads(out.loss.backward(), &model);
-        let model = optim.step(1e-3, model, grads);
-        (model, value.into_scalar::<f32>())
+        Ok::<_, Infallible>(x)
     };
-    let mut loss = f32::NAN;
-    for _ in 0..args.warmup {
-        (model, loss) = step(model, rng);
-    }
-    let ((), seconds) = timed(|| {
-        for _ in 0..args.steps {
-            (model, loss) = step(model, rng);
-        }
-    });
-    (loss, seconds / args.steps.max(1) as f64)
+    let warm = trainer.fit(&dsm, args.warmup as u64, &mut next, &mut []).expect("warm-up");
+    let until = (args.warmup + args.steps) as u64;
+    let timed = trainer.fit(&dsm, until, &mut next, &mut []).expect("training");
+    let loss = timed.last.or(warm.last).map_or(f32::NAN, |report| report.loss as f32);
+    (loss, timed.seconds / args.steps.max(1) as f64)
 }
 
 /// The sampling workload of both twins: NCSN's annealed Langevin (10 levels, step `ε`) from
