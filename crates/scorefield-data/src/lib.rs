@@ -11,4 +11,6 @@ pub mod image;
 pub mod mnist;
 #[cfg(feature = "plot")]
 pub mod plot;
+#[cfg(feature = "plot")]
+mod plot_backend;
 pub mod toy;
