@@ -94,6 +94,8 @@
 //! # Ok::<(), scorefield_core::Error>(())
 //! ```
 
+#[cfg(feature = "burn-train")]
+pub mod burn_train;
 mod checkpoint;
 pub mod data_parallel;
 mod fit;
