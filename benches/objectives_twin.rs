@@ -32,16 +32,16 @@ use std::convert::Infallible;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{RngCore, SeedableRng};
-use scorefield::core::jvp::{FiniteDifference, SUGGESTED_STEP_F32};
+use scorefield::Objective;
+use scorefield::core::jvp::{SUGGESTED_STEP_F32, ThroughFiniteDifference};
 use scorefield::nn::{Conditioning, ScoreMlp, ScoreMlpConfig, Trainer, TrainerConfig};
 use scorefield::objective::{
     DenoisingScoreMatching, ExactScoreMatching, Projection, SlicedScoreMatching,
 };
 use scorefield::random::standard_normal;
 use scorefield::schedule::GeometricSigmas;
-use scorefield::{LossOutput, Objective};
 
 const BATCH: usize = 64;
 /// The data: this many batches of N(0, I) samples drawn at set-up, used in turn.
@@ -146,7 +146,10 @@ fn main() {
     let (loss, seconds) = match args.kind {
         Kind::Exact => train(model, &ExactScoreMatching::new(), &data, &args),
         Kind::Sliced => train(model, &sliced, &data, &args),
-        Kind::FdSliced => train(model, &ThroughFiniteDifference(sliced), &data, &args),
+        Kind::FdSliced => {
+            let fd = ThroughFiniteDifference::new(sliced, SUGGESTED_STEP_F32).expect("step");
+            train(model, &fd, &data, &args)
+        }
         Kind::Dsm => train(model, &dsm, &data, &args),
     };
     let per_step = if args.steps > 0 { seconds / args.steps as f64 * 1e3 } else { f64::NAN };
@@ -184,22 +187,4 @@ fn train<O: Objective<ScoreMlp, 2>>(
     let until = (args.warmup + args.steps) as u64;
     let timed = trainer.fit(objective, until, &mut next, &mut []).expect("training");
     (timed.last.or(warm.last).map_or(f64::NAN, |report| report.loss), timed.seconds)
-}
-
-/// An objective of the model seen through central finite differences (`h = 1e-3`): the
-/// sliced loss from three plain forward passes instead of a forward-mode JVP.
-struct ThroughFiniteDifference<O>(O);
-
-impl<O: for<'a> Objective<FiniteDifference<&'a ScoreMlp>, 2>> Objective<ScoreMlp, 2>
-    for ThroughFiniteDifference<O>
-{
-    fn loss(
-        &self,
-        model: &ScoreMlp,
-        x0: Tensor<2>,
-        rng: &mut dyn RngCore,
-    ) -> scorefield::Result<LossOutput> {
-        let fd = FiniteDifference::new(model, SUGGESTED_STEP_F32)?;
-        self.0.loss(&fd, x0, rng)
-    }
 }

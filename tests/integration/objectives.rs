@@ -13,7 +13,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use scorefield::analytic::{Gaussian, GaussianMixture};
-use scorefield::core::jvp::{FiniteDifference, SUGGESTED_STEP_F32, score_and_trace};
+use scorefield::core::jvp::{
+    FiniteDifference, SUGGESTED_STEP_F32, ThroughFiniteDifference, score_and_trace,
+};
 use scorefield::nn::{
     Conditioning, LrDecay, ScoreMlp, ScoreMlpConfig, StepReport, Trainer, TrainerConfig,
 };
@@ -935,25 +937,10 @@ fn mlp_trained_with_multi_scale_dsm_learns_the_perturbed_mixture_score() {
     assert!(trained < FISHER_RATIO * baseline);
 }
 
-/// Sliced SM of any model through central differences: an objective over the bare network
-/// that wraps it in `FiniteDifference` for each batch (first-order autodiff only).
-struct FiniteDifferenceSliced(SlicedScoreMatching, f64);
-
-impl Objective<ScoreMlp, 2> for FiniteDifferenceSliced {
-    fn loss(
-        &self,
-        model: &ScoreMlp,
-        x0: Tensor<2>,
-        rng: &mut dyn RngCore,
-    ) -> scorefield::Result<LossOutput> {
-        self.0.loss(&FiniteDifference::new(model, self.1)?, x0, rng)
-    }
-}
-
 #[test]
 fn mlp_trained_with_finite_difference_sliced_sm_learns_the_mixture_score() {
     let sliced = SlicedScoreMatching::variance_reduced(1, Projection::Rademacher);
-    let fd = FiniteDifferenceSliced(sliced, SUGGESTED_STEP_F32);
+    let fd = ThroughFiniteDifference::new(sliced, SUGGESTED_STEP_F32).unwrap();
     let (trained, baseline) = mlp_fisher("FD sliced SM-VR", &fd, Conditioning::None, 600, 0.0, 34);
     assert!(trained < FISHER_RATIO * baseline);
 }

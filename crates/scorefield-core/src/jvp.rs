@@ -15,8 +15,10 @@
 //! [`ScoreJvp::score_jvp_many`] call with the `d` basis vectors `eᵢ` as tangents of every sample.
 
 use burn::tensor::{DType, Tensor, TensorData};
+use rand::RngCore;
 
 use crate::error::{Error, Result, ensure_positive};
+use crate::objective::{LossOutput, Objective};
 use crate::score::{NoiseLevel, ScoreJvp, ScoreModel, check_output};
 
 /// A suggested [`FiniteDifference`] step for f32 models, `h = 1e-3`: rounding contributes `≈ 6e-8/1e-3 ≈ 6e-5` relative error
@@ -75,6 +77,41 @@ impl<M> FiniteDifference<M> {
     /// Unwraps the model.
     pub fn into_inner(self) -> M {
         self.model
+    }
+}
+
+/// An objective over the bare network whose loss is `O`'s loss of the network seen through
+/// [`FiniteDifference`] with step `h`:
+///
+/// ```text
+/// L(θ; x₀) = O.loss(FiniteDifference(s_θ, h), x₀)
+/// ```
+///
+/// so that a JVP-based objective (exact or sliced score matching) trains a network without an
+/// exact JVP through any loop that hands the objective the network itself (scorefield-nn's
+/// `Trainer::fit`).
+#[derive(Debug, Clone)]
+pub struct ThroughFiniteDifference<O> {
+    objective: O,
+    step: f64,
+}
+
+impl<O> ThroughFiniteDifference<O> {
+    /// `objective` over the network wrapped in `FiniteDifference` with step `step = h`.
+    ///
+    /// Errors with [`Error::InvalidParameter`] unless `h` is finite and `> 0`.
+    pub fn new(objective: O, step: f64) -> Result<Self> {
+        ensure_positive("step", step)?;
+        Ok(Self { objective, step })
+    }
+}
+
+impl<M, O, const D: usize> Objective<M, D> for ThroughFiniteDifference<O>
+where
+    O: for<'a> Objective<FiniteDifference<&'a M>, D>,
+{
+    fn loss(&self, model: &M, x0: Tensor<D>, rng: &mut dyn RngCore) -> Result<LossOutput> {
+        self.objective.loss(&FiniteDifference::new(model, self.step)?, x0, rng)
     }
 }
 
