@@ -17,11 +17,13 @@ mod cli;
 #[path = "common/mnist_args.rs"]
 mod mnist_args;
 
+#[path = "common/progress.rs"]
+mod progress;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressStyle};
 use mnist_args::MnistArgs;
 use scorefield::eval::{
     CLASSIFIER_HELD_OUT, CLASSIFIER_TRAIN, ClassifierTrainingConfig, MnistClassifierConfig,
@@ -71,10 +73,8 @@ fn run() -> cli::AnyResult<()> {
         .with_learning_rate(args.learning_rate)
         .with_seed(args.seed);
     println!("classifier {config}");
-    let bar = ProgressBar::new(0).with_style(ProgressStyle::with_template(
-        "{prefix} {bar:40} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
-    )?);
-    bar.set_prefix("training");
+    let bar =
+        progress::bar(0, "training {bar:40} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}");
     let start = Instant::now();
     let mut smoothed = None;
     let classifier = train_classifier(&config, &training, &data, &train, &device, &mut |s| {

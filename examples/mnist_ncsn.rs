@@ -34,17 +34,17 @@
 
 #[path = "common/cli.rs"]
 mod cli;
+#[path = "common/progress.rs"]
+mod progress;
 
 use cli::AnyResult;
 
-use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::{Parser, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use scorefield::data::mnist::{self, Mnist, MnistError, Split};
@@ -52,11 +52,11 @@ use scorefield::data::plot;
 use scorefield::eval::{self, MnistClassifier};
 use scorefield::nn::train::every as fit_every;
 use scorefield::nn::{
-    Callback, Checkpoints, FitError, LossCsv, NcsnUnet, NcsnUnetConfig, Progress, StepReport,
-    Trainer, TrainerConfig,
+    Callback, Checkpoints, EmaWarmup, FitError, LossCsv, LrDecay, NcsnUnet, NcsnUnetConfig,
+    Progress, StepReport, Trainer, TrainerConfig,
 };
 use scorefield::objective::DenoisingScoreMatching;
-use scorefield::sampler::{AnnealedLangevin, SampleStep, Sampler};
+use scorefield::sampler::AnnealedLangevin;
 use scorefield::schedule::GeometricSigmas;
 
 /// Where the repository keeps an offline copy of the MNIST test split, from its root.
@@ -108,6 +108,12 @@ struct Args {
     /// EMA decay of the weights sampled from.
     #[arg(long)]
     ema_decay: Option<f64>,
+    /// Warm the EMA decay up as score_sde does, `min(d, (1 + n)/(10 + n))` (true or false).
+    #[arg(long)]
+    ema_warmup: Option<bool>,
+    /// Anneal the learning rate to 0 over the run with a cosine (true or false).
+    #[arg(long)]
+    cosine_lr: Option<bool>,
     /// The U-Net's base width (32 is the reference configuration; must be a multiple of 8).
     #[arg(long)]
     width: Option<usize>,
@@ -152,6 +158,8 @@ struct Settings {
     steps: u64,
     learning_rate: f64,
     ema_decay: f64,
+    ema_warmup: bool,
+    cosine_lr: bool,
     steps_per_level: usize,
     eps: f64,
     sample_every: u64,
@@ -171,7 +179,10 @@ impl Preset {
     ///   window (~1,000 steps) in which the net changes a lot; 0.99 averages over the last ~100;
     /// - T = 20 Langevin steps per level instead of 100, with ε = 10⁻⁴ instead of 2·10⁻⁵, so
     ///   that T·ε, the Langevin time spent at each level, is the paper's; the final denoising
-    ///   step removes the residual noise of the last level.
+    ///   step removes the residual noise of the last level;
+    /// - no EMA warm-up and no learning-rate decay: with `--ema-decay 0.999 --ema-warmup true
+    ///   --cosine-lr true` the same 2,500 steps drew worse digits (70.3 % confident, Fréchet
+    ///   414.6 against 75.0 % and 305.4, 64 samples each, 2026-12-02).
     fn settings(self) -> Settings {
         match self {
             Preset::Default => Settings {
@@ -180,6 +191,8 @@ impl Preset {
                 steps: 2_500,
                 learning_rate: 1e-3,
                 ema_decay: 0.99,
+                ema_warmup: false,
+                cosine_lr: false,
                 steps_per_level: 20,
                 eps: 1e-4,
                 sample_every: 0,
@@ -191,6 +204,8 @@ impl Preset {
                 steps: 200_000,
                 learning_rate: 1e-3,
                 ema_decay: 0.999,
+                ema_warmup: false,
+                cosine_lr: false,
                 steps_per_level: 100,
                 eps: 2e-5,
                 sample_every: 5_000,
@@ -209,6 +224,8 @@ impl Args {
             steps: self.steps.unwrap_or(preset.steps),
             learning_rate: self.lr.unwrap_or(preset.learning_rate),
             ema_decay: self.ema_decay.unwrap_or(preset.ema_decay),
+            ema_warmup: self.ema_warmup.unwrap_or(preset.ema_warmup),
+            cosine_lr: self.cosine_lr.unwrap_or(preset.cosine_lr),
             steps_per_level: self.steps_per_level.unwrap_or(preset.steps_per_level),
             eps: self.eps.unwrap_or(preset.eps),
             sample_every: self.sample_every.unwrap_or(preset.sample_every),
@@ -265,6 +282,8 @@ fn run(args: Args) -> AnyResult<()> {
             ("--batch-size", args.batch_size.is_some_and(|b| b != config.batch_size)),
             ("--lr", args.lr.is_some_and(|lr| lr != config.learning_rate)),
             ("--ema-decay", args.ema_decay.is_some_and(|d| d != config.ema_decay)),
+            ("--ema-warmup", args.ema_warmup.is_some_and(|w| w != config.ema_warmup.is_some())),
+            ("--cosine-lr", args.cosine_lr.is_some_and(|c| c != config.lr_decay.is_some())),
             ("--seed", args.seed.is_some_and(|s| s != config.seed)),
             ("--width", args.width.is_some_and(|w| w != model_config.width)),
         ];
@@ -276,9 +295,12 @@ fn run(args: Args) -> AnyResult<()> {
         let model_config = NcsnUnetConfig::new().with_width(settings.width);
         let seed = args.seed.unwrap_or(0);
         device.seed(seed);
+        let cosine = LrDecay::Cosine { decay_steps: settings.steps, min_learning_rate: 0.0 };
         let config = TrainerConfig::new()
             .with_learning_rate(settings.learning_rate)
+            .with_lr_decay(settings.cosine_lr.then_some(cosine))
             .with_ema_decay(settings.ema_decay)
+            .with_ema_warmup(settings.ema_warmup.then_some(EmaWarmup::ScoreSde))
             .with_batch_size(settings.batch_size)
             .with_seed(seed);
         Trainer::from_config(&model_config, config, &device)?
@@ -393,13 +415,6 @@ fn split_name(split: Split) -> &'static str {
     }
 }
 
-fn style(what: &str) -> AnyResult<ProgressStyle> {
-    let template = format!(
-        "{what} {{elapsed_precise}} [{{bar:30}}] {{pos}}/{{len}} {{per_sec}} eta {{eta}} {{msg}}"
-    );
-    Ok(ProgressStyle::with_template(&template)?.progress_chars("=> "))
-}
-
 /// MNIST from the resolved directory. If it holds no MNIST files: the training split is
 /// downloaded into it (if `download` and not `--offline`), and if that fails and no directory was named, this
 /// repository's offline copy of the test split is used when it is there.
@@ -472,16 +487,9 @@ fn draw(
     let init: Vec<f32> = (0..n * side * side).map(|_| rng.random::<f32>()).collect();
     let init = Tensor::<4>::from_data(TensorData::new(init, [n, 1, side, side]), device);
 
-    let bar = ProgressBar::new(0);
-    bar.set_style(style("sample")?);
+    let bar = progress::bar(0, "sample {elapsed_precise} [{bar:30}] {pos}/{len} eta {eta} {msg}");
     let started = Instant::now();
-    let mut observer = |step: &SampleStep<'_, 4>| {
-        bar.set_length(step.total as u64);
-        bar.set_position(step.step as u64 + 1);
-        bar.set_message(format!("σ {:.3}", step.sigma));
-        ControlFlow::Continue(())
-    };
-    let x = sampler.sample(model, init, &mut rng, &mut observer)?;
+    let x = progress::sample_with_bar(&bar, &sampler, model, init, &mut rng)?;
     bar.finish();
     let steps = bar.position();
     let seconds = started.elapsed().as_secs_f64();

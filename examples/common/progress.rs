@@ -1,5 +1,9 @@
 //! The examples' progress bars, and a sampler run behind one: one definition, included by
-//! every example that shows a sampler's steps (`toy_2d`, `custom_sampler`, `ddpm_mnist`).
+//! every example that shows a sampler's steps (`toy_2d`, `custom_sampler`, `ddpm_mnist`,
+//! `mnist_ncsn`) or a long loop (`mnist_classifier`).
+
+// Each example includes this file as its own module and uses the part it needs.
+#![allow(dead_code)]
 
 use std::ops::ControlFlow;
 
@@ -19,7 +23,7 @@ pub fn bar(len: u64, template: &str) -> ProgressBar {
 }
 
 /// `sampler.sample(model, init, rng)` with `bar` following its steps (its length set to the
-/// sampler's step count).
+/// sampler's step count, its message to the step's noise level σ).
 pub fn sample_with_bar<M, S: Sampler<M, D>, const D: usize>(
     bar: &ProgressBar,
     sampler: &S,
@@ -30,6 +34,7 @@ pub fn sample_with_bar<M, S: Sampler<M, D>, const D: usize>(
     let mut observer = |s: &SampleStep<'_, D>| {
         bar.set_length(s.total as u64);
         bar.set_position(s.step as u64 + 1);
+        bar.set_message(format!("σ {:.3}", s.sigma));
         ControlFlow::Continue(())
     };
     sampler.sample(model, init, rng, &mut observer)
