@@ -6,9 +6,11 @@
 //! units; unconditioned for exact and sliced SM, conditioned on `ln σ` with the NCSN output
 //! scaling for DSM), a pool of 64 batches of 64 standard-normal samples in f32, drawn at set-up
 //! and used in turn (on one fixed batch exact and sliced SM diverge to −∞ within a few thousand
-//! steps), and the trainer's Adam (lr 1e-3, β = (0.9, 0.999), ε = 1e-8, as PyTorch's defaults). It runs
-//! `--warmup` steps (3 by default), then `N` timed steps of `Trainer::fit` (loss, `backward`,
-//! the global gradient norm, Adam update, EMA, the losses read back to the host), and prints one line: the parameter count, the last loss and the
+//! steps), and the trainer's Adam (lr 1e-3, β = (0.9, 0.999), ε = 1e-8, as PyTorch's
+//! defaults). It runs `--warmup` steps (3 by default), then `N` timed steps of `Trainer::fit`
+//! (loss, `backward`, the global gradient norm, Adam update, EMA, the losses read back to the
+//! host; `twins/common.rs`'s `fit_on_pool`), and prints one line: the parameter count, the
+//! last loss and the
 //! mean in-process time per step. `--steps 0` runs the set-up and warm-up only, so the fixed
 //! cost of a process can be subtracted from a timed run.
 //!
@@ -28,15 +30,18 @@
 //! `--backend NAME` picks another compiled-in device (default `flex`). Unknown arguments
 //! (`--bench`, passed by `cargo bench`) are ignored. Results: `docs/objectives_benchmark.md`.
 
-use std::convert::Infallible;
+#[path = "twins/common.rs"]
+#[allow(dead_code)] // the twins' command line and reports: not this bench's
+mod common;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
+use common::fit_on_pool;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use scorefield::Objective;
 use scorefield::core::jvp::{SUGGESTED_STEP_F32, ThroughFiniteDifference};
-use scorefield::nn::{Conditioning, ScoreMlp, ScoreMlpConfig, Trainer, TrainerConfig};
+use scorefield::nn::{Conditioning, ScoreMlp, ScoreMlpConfig};
 use scorefield::objective::{
     DenoisingScoreMatching, ExactScoreMatching, Projection, SlicedScoreMatching,
 };
@@ -166,25 +171,13 @@ fn main() {
     );
 }
 
-/// `--warmup` untimed steps, then `--steps` timed ones, of `Trainer::fit` (its defaults: Adam
-/// with lr 1e-3, β = (0.9, 0.999), ε = 1e-8; the global gradient norm; EMA 0.999; the losses
-/// read back) on the batches of `data` in turn. Returns the last loss and the timed seconds.
+/// The trainer's steps on this bench's pool of batches ([`fit_on_pool`]): the last loss and
+/// the seconds of the timed steps.
 fn train<O: Objective<ScoreMlp, 2>>(
     model: ScoreMlp,
     objective: &O,
     data: &Tensor<2>,
     args: &Args,
 ) -> (f64, f64) {
-    let config = TrainerConfig::new().with_batch_size(BATCH);
-    let mut trainer = Trainer::new(model, "{}", config).expect("trainer");
-    let mut batch = 0;
-    let mut next = |_: &mut StdRng| {
-        let x = data.clone().narrow(0, (batch % POOL) * BATCH, BATCH);
-        batch += 1;
-        Ok::<_, Infallible>(x)
-    };
-    let warm = trainer.fit(objective, args.warmup as u64, &mut next, &mut []).expect("warm-up");
-    let until = (args.warmup + args.steps) as u64;
-    let timed = trainer.fit(objective, until, &mut next, &mut []).expect("training");
-    (timed.last.or(warm.last).map_or(f64::NAN, |report| report.loss), timed.seconds)
+    fit_on_pool(model, objective, data, BATCH, POOL, args.warmup, args.steps)
 }

@@ -12,11 +12,11 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::tensor::Tensor;
 use rand::rngs::StdRng;
-use scorefield::ScoreModel;
 use scorefield::nn::{Trainer, TrainerConfig};
 use scorefield::objective::DenoisingScoreMatching;
 use scorefield::sampler::{AnnealedLangevin, Sampler};
 use scorefield::schedule::GeometricSigmas;
+use scorefield::{Objective, ScoreModel};
 
 /// Training or sampling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,11 +96,9 @@ pub fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
 }
 
 /// The training workload of both twins: `args.warmup` untimed, then `args.steps` timed
-/// multi-scale DSM steps (NCSN's 10 levels) of the library's trainer (`Trainer::fit` with its
-/// defaults: Adam with lr 1e-3 and ε = 1e-8, PyTorch's defaults; the global gradient norm
-/// checked; EMA 0.999; the loss and the per-sample losses and levels read back) on batches of
-/// `batch` taken in turn from `data` (`pool` of them). The PyTorch twin's step does the same
-/// work. Returns the last loss and the mean seconds per timed step.
+/// multi-scale DSM steps (NCSN's 10 levels) of the library's trainer on batches of `batch`
+/// taken in turn from `data` (`pool` of them); see [`fit_on_pool`]. The PyTorch twin's step
+/// does the same work. Returns the last loss and the mean seconds per timed step.
 pub fn train_dsm<M, const D: usize>(
     model: M,
     data: Tensor<D>,
@@ -112,6 +110,28 @@ where
     M: Module + ScoreModel<D>,
 {
     let dsm = DenoisingScoreMatching::multi_scale(&GeometricSigmas::ncsn(), 10).expect("levels");
+    let (loss, seconds) = fit_on_pool(model, &dsm, &data, batch, pool, args.warmup, args.steps);
+    (loss as f32, seconds / args.steps.max(1) as f64)
+}
+
+/// `warmup` untimed, then `steps` timed steps of `Trainer::fit` with the trainer's defaults
+/// (Adam with lr 1e-3, β = (0.9, 0.999) and ε = 1e-8, PyTorch's defaults; the global gradient
+/// norm checked; EMA 0.999; the loss, the per-sample losses and levels read back) on the
+/// batches of `batch` rows of `data` in turn (`pool` of them). Returns the last loss and the
+/// seconds of the timed steps. Shared by the twins and `benches/objectives_twin.rs`.
+pub fn fit_on_pool<M, O, const D: usize>(
+    model: M,
+    objective: &O,
+    data: &Tensor<D>,
+    batch: usize,
+    pool: usize,
+    warmup: usize,
+    steps: usize,
+) -> (f64, f64)
+where
+    M: Module,
+    O: Objective<M, D>,
+{
     let config = TrainerConfig::new().with_batch_size(batch);
     let mut trainer = Trainer::new(model, "{}", config).expect("trainer");
     let mut taken = 0;
@@ -120,11 +140,10 @@ where
         taken += 1;
         Ok::<_, Infallible>(x)
     };
-    let warm = trainer.fit(&dsm, args.warmup as u64, &mut next, &mut []).expect("warm-up");
-    let until = (args.warmup + args.steps) as u64;
-    let timed = trainer.fit(&dsm, until, &mut next, &mut []).expect("training");
-    let loss = timed.last.or(warm.last).map_or(f32::NAN, |report| report.loss as f32);
-    (loss, timed.seconds / args.steps.max(1) as f64)
+    let warm = trainer.fit(objective, warmup as u64, &mut next, &mut []).expect("warm-up");
+    let until = (warmup + steps) as u64;
+    let timed = trainer.fit(objective, until, &mut next, &mut []).expect("training");
+    (timed.last.or(warm.last).map_or(f64::NAN, |report| report.loss), timed.seconds)
 }
 
 /// The sampling workload of both twins: NCSN's annealed Langevin (10 levels, step `ε`) from
