@@ -17,7 +17,8 @@
 //!   pairs), DDPM ancestral and DDIM on the driver, two runs on `ScoreMlp`, and
 //!   `PerSampleNoise` itself;
 //! - `fused ops`: `group_norm_silu` (GroupNorm + SiLU with a per-channel shift) and its
-//!   input, shift, γ and β gradients: the fused kernel on flex, the composed fallback here;
+//!   input, shift, γ and β gradients, and `conv2d` (stride 2, asymmetric padding) with its
+//!   input, weight and bias gradients: the fused kernels on flex, the fallbacks here;
 //! - `training`: one `Trainer` step (DSM on `ScoreMlp` and the U-Net, sliced score matching
 //!   through the dual layers): loss, per-sample losses, gradient norm, outputs after the step;
 //! - `checkpoint`: written on flex and read on the backend (and back), then one more step.
@@ -32,12 +33,12 @@
 //! | oracles | 1e-5 | 4.1e-7 | 7.2e-7 |
 //! | dual activations, concatenation, upsampling | 1e-5 | 3.1e-7 | 2.4e-7 |
 //! | dual Linear, Conv2d, GroupNorm; `ScoreMlp` | 1e-4 | 1.7e-7 | 3.0e-7 |
-//! | `NcsnUnet` score and JVP | 1e-3 | 2.5e-5 | 2.1e-5 |
+//! | `NcsnUnet` score and JVP | 1e-3 | 2.2e-5 | 2.7e-5 |
 //! | sampler runs | 1e-3 | 2.2e-5 | 6.4e-5 |
-//! | fused `group_norm_silu` (flex kernel vs composed fallback): output and gradients | 1e-4 | 3.6e-7 | 5.5e-7 |
+//! | fused `group_norm_silu` and `conv2d` (flex kernels vs fallbacks): outputs and gradients | 1e-4 | 1.4e-6 | 1.4e-6 |
 //! | training step: loss, gradient norm, MLP outputs | 1e-4 | 5.4e-7 | 7.2e-7 |
-//! | training step: U-Net output after the step | 1e-3 | 8.6e-6 | 6.5e-6 |
-//! | checkpoint: outputs, next loss, gradient norm, weights | 1e-4 | 1.9e-8 | 3.6e-7 |
+//! | training step: U-Net output after the step | 1e-3 | 8.9e-6 | 7.8e-6 |
+//! | checkpoint: outputs, next loss, gradient norm, weights | 1e-4 | 1.9e-8 | 1.9e-7 |
 //! | `PerSampleNoise`; weights after a move or a checkpoint | 0 | 0 | 0 |
 //!
 //! A backend that cannot run fails these tests; nothing is skipped (wgpu without any adapter
@@ -56,8 +57,8 @@ use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
 use scorefield::analytic::{Gaussian, GaussianMixture};
 use scorefield::nn::{
-    Conditioning, Dual, DualForward, GroupNormSiluOptions, NcsnUnet, NcsnUnetConfig, ScoreMlp,
-    ScoreMlpConfig, StepReport, Trainer, TrainerConfig, group_norm_silu,
+    Conditioning, Conv2dOptions, Dual, DualForward, GroupNormSiluOptions, NcsnUnet, NcsnUnetConfig,
+    ScoreMlp, ScoreMlpConfig, StepReport, Trainer, TrainerConfig, conv2d, group_norm_silu,
 };
 use scorefield::objective::{DenoisingScoreMatching, Projection, SlicedScoreMatching};
 use scorefield::sampler::{
@@ -318,9 +319,10 @@ fn networks(nets: &Networks, device: &Device) -> Vec<Quantity> {
     out
 }
 
-/// The fused GroupNorm + SiLU with a shift (`scorefield::nn::group_norm_silu`): the kernel on
-/// flex, the composed fallback on the other backends. Output and the gradients of `Σ w·out`
-/// w.r.t. the input, the shift, γ and β, on `device` with autodiff.
+/// The fused ops: GroupNorm + SiLU with a shift (`scorefield::nn::group_norm_silu`) and the
+/// convolution (`scorefield::nn::conv2d`), the kernels on flex, the composed fallback or
+/// Burn's stock op on the other backends. Outputs and the gradients of `Σ w·out` w.r.t. every
+/// input, on `device` with autodiff.
 fn fused_ops(device: &Device) -> Vec<Quantity> {
     let device = device.clone().autodiff();
     let x = normal_tensor([3, 8, 6, 5], 30, &device).require_grad();
@@ -332,12 +334,23 @@ fn fused_ops(device: &Device) -> Vec<Quantity> {
     let out = group_norm_silu(x.clone(), Some(shift.clone()), gamma.clone(), beta.clone(), options)
         .unwrap();
     let grads = out.clone().mul(weight).sum().backward();
+    // The convolution: stride 2, asymmetric padding, a bias.
+    let cx = normal_tensor([3, 4, 9, 8], 35, &device).require_grad();
+    let cw = normal_tensor([5, 4, 3, 3], 36, &device).require_grad();
+    let cb = normal_tensor([5], 37, &device).require_grad();
+    let options = Conv2dOptions { stride: [2, 2], padding: [(1, 0), (1, 1)], fused: true };
+    let y = conv2d(cx.clone(), cw.clone(), Some(cb.clone()), options).unwrap();
+    let cgrads = y.clone().mul(normal_tensor(y.dims(), 38, &device)).sum().backward();
     vec![
         quantity("group_norm_silu output", REDUCED, values(out)),
         quantity("group_norm_silu input gradient", REDUCED, values(x.grad(&grads).unwrap())),
         quantity("group_norm_silu shift gradient", REDUCED, values(shift.grad(&grads).unwrap())),
         quantity("group_norm_silu gamma gradient", REDUCED, values(gamma.grad(&grads).unwrap())),
         quantity("group_norm_silu beta gradient", REDUCED, values(beta.grad(&grads).unwrap())),
+        quantity("conv2d output", REDUCED, values(y)),
+        quantity("conv2d input gradient", REDUCED, values(cx.grad(&cgrads).unwrap())),
+        quantity("conv2d weight gradient", REDUCED, values(cw.grad(&cgrads).unwrap())),
+        quantity("conv2d bias gradient", REDUCED, values(cb.grad(&cgrads).unwrap())),
     ]
 }
 
@@ -573,7 +586,7 @@ macro_rules! agrees_with_flex {
             }
 
             #[test]
-            fn fused_group_norm_silu_agrees_with_flex() {
+            fn fused_ops_agree_with_flex() {
                 assert_agree($feature, "fused ops", &fused_ops(&device()), &fused_ops(&flex()));
             }
 

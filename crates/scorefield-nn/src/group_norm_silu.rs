@@ -36,8 +36,8 @@
 //! ops on raw primitives for every backend, where the tensor API already has them.
 
 use burn::nn::GroupNorm;
+use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
-use burn::tensor::{DType, Tensor};
 use thiserror::Error;
 
 #[cfg(feature = "flex")]
@@ -215,11 +215,6 @@ impl GroupNormSilu for GroupNorm {
     }
 }
 
-/// Whether a float type has a fused kernel.
-fn fused_dtype(dtype: DType) -> bool {
-    matches!(dtype, DType::F32 | DType::F64)
-}
-
 #[cfg(feature = "flex")]
 mod fused {
     //! The extension trait, its flex and autodiff implementations, and the kernels.
@@ -229,12 +224,11 @@ mod fused {
     use burn::backend::autodiff::grads::Gradients;
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
     use burn::backend::tensor::FloatTensor;
-    use burn::backend::{
-        Autodiff, Backend, Dispatch, DispatchDevice, ExtensionType, Flex, backend_extension,
-    };
-    use burn::tensor::{DType, Tensor, TensorData};
+    use burn::backend::{Autodiff, Backend, Dispatch, ExtensionType, Flex, backend_extension};
+    use burn::tensor::{DType, Tensor};
 
-    use super::{Args, GroupNormSiluOptions, fused_dtype};
+    use super::{Args, GroupNormSiluOptions};
+    use crate::flex::{flex_tensor as tensor, on_flex_in};
 
     /// The flex tensor primitive.
     type FlexTensor = FloatTensor<Flex>;
@@ -282,18 +276,13 @@ mod fused {
 
     /// Whether every input lives on flex (with or without autodiff) in one fused float type.
     pub(super) fn applies(args: &Args) -> bool {
-        let on_flex = |device: burn::tensor::Device| {
-            matches!(device.as_dispatch().clone().inner(), DispatchDevice::Flex(_))
-        };
-        let dtype = args.x.dtype();
         let others =
             [(args.gamma.dtype(), args.gamma.device()), (args.beta.dtype(), args.beta.device())];
-        fused_dtype(dtype)
-            && on_flex(args.x.device())
-            && others
-                .into_iter()
-                .chain(args.shift.as_ref().map(|s| (s.dtype(), s.device())))
-                .all(|(d, device)| d == dtype && on_flex(device))
+        on_flex_in(
+            args.x.dtype(),
+            args.x.device(),
+            others.into_iter().chain(args.shift.as_ref().map(|s| (s.dtype(), s.device()))),
+        )
     }
 
     /// Calls the extension through Burn's dispatch.
@@ -423,10 +412,6 @@ mod fused {
         fn len(&self) -> usize {
             self.cpg() * self.hw()
         }
-    }
-
-    fn tensor<E: burn::tensor::Element>(values: Vec<E>, shape: &[usize]) -> FlexTensor {
-        FlexTensor::from_data(TensorData::new(values, shape.to_vec()))
     }
 
     /// Runs `$body` with `$E` bound to the float type of `$dtype` and every `$t` (a
@@ -741,7 +726,7 @@ mod tests {
     use crate::testing::device;
     use burn::module::Param;
     use burn::nn::GroupNormConfig;
-    use burn::tensor::{Device, TensorData};
+    use burn::tensor::{DType, Device, TensorData};
     use rand::SeedableRng;
     use rand::rngs::StdRng;
     use rand_distr::{Distribution, StandardNormal};

@@ -1,7 +1,8 @@
 //! Forward-mode JVPs of Burn's layers: each maps a [`Dual`] `(x, ẋ)` to `(f(x), J_f·ẋ)`.
 //!
 //! - `Linear`: `(xW + b, ẋW)`.
-//! - `Conv2d` (any stride, padding, dilation, groups): `(conv(x) + b, conv(ẋ))`.
+//! - `Conv2d` (any stride, padding, dilation, groups): `(conv(x) + b, conv(ẋ))`, both through
+//!   [`crate::conv`]'s kernel where it applies.
 //! - `GroupNorm`: with `x̂ = (x − μ)/s`, `s = √(var + ε)` per sample and group,
 //!   `ẏ = γ·(ẋ − mean(ẋ) − x̂·mean(x̂·ẋ))/s`.
 //!
@@ -12,6 +13,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, Linear};
 use burn::tensor::module::linear;
 
+use crate::conv::Conv2dFused;
 use crate::dual::Dual;
 
 /// A layer with an exact forward-mode JVP.
@@ -30,7 +32,7 @@ impl<const D: usize> DualForward<D, D> for Linear {
 
 impl DualForward<4, 4> for Conv2d {
     fn forward_dual(&self, x: Dual<4>) -> Dual<4> {
-        let value = self.forward(x.value);
+        let value = self.forward_fused(x.value);
         let without_bias = Conv2d {
             weight: self.weight.clone(),
             bias: None,
@@ -40,7 +42,7 @@ impl DualForward<4, 4> for Conv2d {
             groups: self.groups,
             padding: self.padding.clone(),
         };
-        Dual { value, tangent: without_bias.forward(x.tangent) }
+        Dual { value, tangent: without_bias.forward_fused(x.tangent) }
     }
 }
 

@@ -11,6 +11,8 @@
 //!   class-conditional networks (`classes > 0`: a null class for classifier-free guidance).
 //! - [`classifier::NoisyClassifierMlp`]: a noise-conditional classifier for classifier
 //!   guidance.
+//! - [`conv`]: 2-D convolution with its two gradients, one sample per task on the flex
+//!   backend (the `gemm` crate on each sample's im2col matrix), Burn's stock op elsewhere.
 //! - [`group_norm_silu`]: GroupNorm + SiLU (+ a per-channel shift), a fused kernel with a
 //!   hand-written backward on the flex backend, the composed ops elsewhere.
 //! - [`train::Trainer`]: Adam with a learning-rate schedule (warm-up, then constant, cosine or
@@ -19,8 +21,11 @@
 #![deny(missing_docs)]
 
 pub mod classifier;
+pub mod conv;
 pub mod dual;
 pub mod embedding;
+#[cfg(feature = "flex")]
+mod flex;
 pub mod group_norm_silu;
 pub mod layers;
 pub mod mlp;
@@ -28,6 +33,7 @@ pub mod train;
 pub mod unet;
 
 pub use classifier::{NoisyClassifierMlp, NoisyClassifierMlpConfig};
+pub use conv::{Conv2dFused, Conv2dOptions, ConvError, conv2d};
 pub use dual::Dual;
 pub use group_norm_silu::{GroupNormError, GroupNormSilu, GroupNormSiluOptions, group_norm_silu};
 pub use layers::DualForward;

@@ -16,6 +16,7 @@
 //! layer has a [`DualForward`] pass, so [`ScoreJvp`] is exact. The plain forward (training by
 //! DSM, sampling) runs each `SiLU(GN(·))`, with the embedding bias added inside the second one
 //! of a block, as one fused op ([`crate::group_norm_silu`]); the dual pass composes them.
+//! Every convolution, in both passes, runs [`crate::conv`]'s kernel on flex.
 //!
 //! **Class-conditional** (`classes = K > 0`): `e = e(σ) + E[y]` with a learnt embedding `E` of
 //! `K + 1` rows, row `K` the null class `∅` (classifier-free guidance trains it by label
@@ -36,6 +37,7 @@ use scorefield_core::condition::{ConditionalScoreModel, Labels};
 use scorefield_core::param::{ConditionalNetwork, Network, NetworkJvp};
 use scorefield_core::{NoiseLevel, ScoreJvp, ScoreModel};
 
+use crate::conv::Conv2dFused;
 use crate::dual::{Dual, upsample_nearest};
 use crate::embedding::{class_embedding, sinusoidal_embedding};
 use crate::group_norm_silu::GroupNormSilu;
@@ -150,10 +152,12 @@ impl ResBlock {
     /// The plain forward, with GroupNorm + SiLU fused (and the embedding bias added inside
     /// the second one); [`Self::forward_dual`] composes the same math from stock ops.
     fn forward(&self, x: Tensor<4>, e: &Tensor<2>) -> Tensor<4> {
-        let h = self.conv1.forward(self.norm1.forward_silu(x.clone(), None));
-        let h = self.conv2.forward(self.norm2.forward_silu(h, Some(self.embed.forward(e.clone()))));
+        let h = self.conv1.forward_fused(self.norm1.forward_silu(x.clone(), None));
+        let h = self
+            .conv2
+            .forward_fused(self.norm2.forward_silu(h, Some(self.embed.forward(e.clone()))));
         let skip = match &self.skip {
-            Some(conv) => conv.forward(x),
+            Some(conv) => conv.forward_fused(x),
             None => x,
         };
         h.add(skip)
@@ -269,14 +273,14 @@ impl NcsnUnet {
     /// The raw output `u(x, ln σ | y)`.
     fn raw(&self, x: Tensor<4>, level: &NoiseLevel, y: Option<&Labels>) -> Tensor<4> {
         let e = self.embed(level, y);
-        let h1 = self.res1.forward(self.conv_in.forward(x), &e);
-        let h2 = self.res2.forward(self.down1.forward(h1.clone()), &e);
-        let h3 = self.res3.forward(self.down2.forward(h2.clone()), &e);
-        let u = self.up1.forward(upsample_nearest(h3, 2));
+        let h1 = self.res1.forward(self.conv_in.forward_fused(x), &e);
+        let h2 = self.res2.forward(self.down1.forward_fused(h1.clone()), &e);
+        let h3 = self.res3.forward(self.down2.forward_fused(h2.clone()), &e);
+        let u = self.up1.forward_fused(upsample_nearest(h3, 2));
         let u = self.res_up1.forward(Tensor::cat(vec![u, h2], 1), &e);
-        let u = self.up2.forward(upsample_nearest(u, 2));
+        let u = self.up2.forward_fused(upsample_nearest(u, 2));
         let u = self.res_up2.forward(Tensor::cat(vec![u, h1], 1), &e);
-        self.conv_out.forward(self.norm_out.forward_silu(u, None))
+        self.conv_out.forward_fused(self.norm_out.forward_silu(u, None))
     }
 
     /// A conditional network refuses to score without labels.

@@ -1,0 +1,111 @@
+//! The fused convolution (`scorefield::nn::conv2d`) against Burn's stock `conv2d` on flex, for
+//! every convolution shape of `NcsnUnetConfig::new()` at batch 64 (workload B's): each rep runs
+//! the forward, and the forward + backward of `Σ v·y` (input, weight and bias gradients), once
+//! stock and once fused, in turn; prints the median seconds of each and their ratio.
+//!
+//! ```text
+//! cargo bench --bench conv -- [--threads T] [--reps R]
+//! ```
+//! Results in `docs/performance.md`.
+
+use std::time::Instant;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, StandardNormal};
+use scorefield::nn::{Conv2dOptions, conv2d};
+
+/// `(name, c_in, c_out, side of the input, kernel, stride, padding, count in one U-Net
+/// forward)`.
+type Shape = (&'static str, usize, usize, usize, usize, usize, usize, usize);
+const SHAPES: [Shape; 11] = [
+    ("conv_in 1→32 28²", 1, 32, 28, 3, 1, 1, 1),
+    ("32→32 28²", 32, 32, 28, 3, 1, 1, 3),
+    ("down 32→64 28²/2", 32, 64, 28, 3, 2, 1, 1),
+    ("64→64 14²", 64, 64, 14, 3, 1, 1, 3),
+    ("down 64→128 14²/2", 64, 128, 14, 3, 2, 1, 1),
+    ("128→128 7²", 128, 128, 7, 3, 1, 1, 2),
+    ("up 128→64 14²", 128, 64, 14, 3, 1, 1, 2),
+    ("skip 1×1 128→64 14²", 128, 64, 14, 1, 1, 0, 1),
+    ("up 64→32 28²", 64, 32, 28, 3, 1, 1, 2),
+    ("skip 1×1 64→32 28²", 64, 32, 28, 1, 1, 0, 1),
+    ("conv_out 32→1 28²", 32, 1, 28, 3, 1, 1, 1),
+];
+const BATCH: usize = 64;
+
+fn normal<const D: usize>(shape: [usize; D], rng: &mut StdRng, device: &Device) -> Tensor<D> {
+    let n = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| StandardNormal.sample(rng)).collect();
+    Tensor::from_data(TensorData::new(v, shape), device)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str, default: usize| {
+        args.iter()
+            .position(|a| a == name)
+            .map_or(default, |i| args[i + 1].parse().expect("a number after the flag"))
+    };
+    let (threads, reps) = (flag("--threads", 0), flag("--reps", 5));
+    if threads > 0 {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().unwrap();
+    }
+    let device = scorefield::device("flex").unwrap().autodiff();
+    let mut rng = StdRng::seed_from_u64(0);
+    println!(
+        "{:<24} {:>10} {:>10} {:>6} {:>10} {:>10} {:>6}",
+        "shape", "fwd stock", "fused", "ratio", "f+b stock", "fused", "ratio"
+    );
+    let (mut total_stock, mut total_fused) = (0.0, 0.0);
+    for (name, cin, cout, side, k, stride, pad, count) in SHAPES {
+        let x = normal([BATCH, cin, side, side], &mut rng, &device).require_grad();
+        let w = normal([cout, cin, k, k], &mut rng, &device).require_grad();
+        let b = normal([cout], &mut rng, &device).require_grad();
+        let options = Conv2dOptions::new(stride, pad);
+        let out = conv2d(x.clone(), w.clone(), None, options).unwrap().dims();
+        let v = normal(out, &mut rng, &device);
+        let mut times = [vec![], vec![], vec![], vec![]];
+        for _ in 0..reps + 1 {
+            for (i, fused) in [false, true].into_iter().enumerate() {
+                let o = options.with_fused(fused);
+                let t = Instant::now();
+                let y = conv2d(x.clone().detach(), w.clone().detach(), Some(b.clone().detach()), o);
+                let _ = y.unwrap().into_data();
+                times[i].push(t.elapsed().as_secs_f64());
+                let t = Instant::now();
+                let y = conv2d(x.clone(), w.clone(), Some(b.clone()), o).unwrap();
+                let grads = y.mul(v.clone()).sum().backward();
+                for g in
+                    [x.grad(&grads).map(|g| g.into_data()), w.grad(&grads).map(|g| g.into_data())]
+                {
+                    g.expect("a gradient");
+                }
+                times[2 + i].push(t.elapsed().as_secs_f64());
+            }
+        }
+        let [fs, ff, bs, bf] = times.map(|mut t| median(t.split_off(1)));
+        total_stock += count as f64 * bs;
+        total_fused += count as f64 * bf;
+        println!(
+            "{name:<24} {:>9.2}ms {:>9.2}ms {:>6.2} {:>9.2}ms {:>9.2}ms {:>6.2}",
+            fs * 1e3,
+            ff * 1e3,
+            ff / fs,
+            bs * 1e3,
+            bf * 1e3,
+            bf / bs
+        );
+    }
+    println!(
+        "one U-Net's convolutions, forward + backward: stock {:.3} s, fused {:.3} s, ratio {:.2}",
+        total_stock,
+        total_fused,
+        total_fused / total_stock
+    );
+}
