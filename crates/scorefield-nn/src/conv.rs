@@ -399,6 +399,8 @@ mod fused {
 
         use rayon::prelude::*;
 
+        use crate::flex::vectorised;
+
         /// f32 or f64.
         pub(super) trait Real:
             Copy + Send + Sync + 'static + Default + core::ops::AddAssign + Into<f64>
@@ -482,66 +484,78 @@ mod fused {
             (lo, hi)
         }
 
-        /// Visits every (im2col row, output row) with its input row, if inside: `f(c, i, j,
-        /// u, input row offset in x_n or None, lo..hi in v, v·s_w + j − p_l of v = lo)`.
+        /// Where row `r = (c, i, j)` of `X_n` reads: output rows `u ∈ ulo..uhi` and columns
+        /// `v ∈ lo..hi` read the input at `first + (u − ulo)·s_h·W + (v − lo)·s_w`, every other
+        /// entry is 0 (padding). `None` when the whole row is padding.
         #[inline(always)]
-        fn rows(
-            g: &Geometry,
-            mut f: impl FnMut(usize, usize, Option<usize>, (usize, usize), usize),
-        ) {
-            for c in 0..g.c {
-                for i in 0..g.kh {
-                    let (ulo, uhi) = inside(i, g.sh, g.pt, g.h, g.oh);
-                    for j in 0..g.kw {
-                        let row = (c * g.kh + i) * g.kw + j;
-                        let (vlo, vhi) = inside(j, g.sw, g.pl, g.w, g.ow);
-                        let x0 = (vlo * g.sw + j).saturating_sub(g.pl);
-                        for u in 0..g.oh {
-                            let input = (ulo..uhi)
-                                .contains(&u)
-                                .then(|| (c * g.h + u * g.sh + i - g.pt) * g.w);
-                            f(row, u, input, (vlo, vhi), x0);
+        fn span(g: &Geometry, r: usize) -> Option<(usize, usize, usize, usize, usize)> {
+            let (c, i, j) = (r / (g.kh * g.kw), r / g.kw % g.kh, r % g.kw);
+            let (ulo, uhi) = inside(i, g.sh, g.pt, g.h, g.oh);
+            let (lo, hi) = inside(j, g.sw, g.pl, g.w, g.ow);
+            let first = (c * g.h + ulo * g.sh + i - g.pt) * g.w + lo * g.sw + j - g.pl;
+            (ulo < uhi && lo < hi).then_some((ulo, uhi, lo, hi, first))
+        }
+
+        /// `col ← X_n` (`[C·k_h·k_w, P]`) from one input sample.
+        #[inline(always)]
+        fn im2col<E: Real>(g: &Geometry, x: &[E], col: &mut [E]) {
+            let (ow, sw, step) = (g.ow, g.sw, g.sh * g.w);
+            for (r, row) in col.chunks_exact_mut(g.p()).enumerate() {
+                let Some((ulo, uhi, lo, hi, first)) = span(g, r) else {
+                    row.fill(E::default());
+                    continue;
+                };
+                row[..ulo * ow].fill(E::default());
+                row[uhi * ow..].fill(E::default());
+                let rows = row[ulo * ow..uhi * ow].chunks_exact_mut(ow);
+                for (t, seg) in rows.enumerate() {
+                    let src = &x[first + t * step..];
+                    seg[..lo].fill(E::default());
+                    seg[hi..].fill(E::default());
+                    if sw == 1 {
+                        seg[lo..hi].copy_from_slice(&src[..hi - lo]);
+                    } else {
+                        for (v, d) in seg[lo..hi].iter_mut().enumerate() {
+                            *d = src[v * sw];
                         }
                     }
                 }
             }
         }
 
-        /// `col ← X_n` (`[C·k_h·k_w, P]`) from one input sample.
-        fn im2col<E: Real>(g: &Geometry, x: &[E], col: &mut [E]) {
-            let (p, ow, sw) = (g.p(), g.ow, g.sw);
-            rows(g, |row, u, input, (lo, hi), x0| {
-                let seg = &mut col[row * p + u * ow..row * p + (u + 1) * ow];
-                match input {
-                    None => seg.fill(E::default()),
-                    Some(r) => {
-                        seg[..lo].fill(E::default());
-                        seg[hi..].fill(E::default());
-                        let src = &x[r + x0..];
-                        if sw == 1 {
-                            seg[lo..hi].copy_from_slice(&src[..hi - lo]);
-                        } else {
-                            for (v, d) in seg[lo..hi].iter_mut().enumerate() {
-                                *d = src[v * sw];
-                            }
+        /// `dx += col2im(col)` for one input sample.
+        #[inline(always)]
+        fn col2im_add<E: Real>(g: &Geometry, col: &[E], dx: &mut [E]) {
+            let (ow, sw, step) = (g.ow, g.sw, g.sh * g.w);
+            for (r, row) in col.chunks_exact(g.p()).enumerate() {
+                let Some((ulo, uhi, lo, hi, first)) = span(g, r) else { continue };
+                for (t, seg) in row[ulo * ow..uhi * ow].chunks_exact(ow).enumerate() {
+                    let dst = &mut dx[first + t * step..];
+                    if sw == 1 {
+                        for (d, &s) in dst[..hi - lo].iter_mut().zip(&seg[lo..hi]) {
+                            *d += s;
+                        }
+                    } else {
+                        for (v, &s) in seg[lo..hi].iter().enumerate() {
+                            dst[v * sw] += s;
                         }
                     }
                 }
-            });
+            }
         }
 
-        /// `dx += col2im(col)` for one input sample.
-        fn col2im_add<E: Real>(g: &Geometry, col: &[E], dx: &mut [E]) {
-            let (p, ow, sw) = (g.p(), g.ow, g.sw);
-            rows(g, |row, u, input, (lo, hi), x0| {
-                if let Some(r) = input {
-                    let seg = &col[row * p + u * ow + lo..row * p + u * ow + hi];
-                    let dst = &mut dx[r + x0..];
-                    for (v, &s) in seg.iter().enumerate() {
-                        dst[v * sw] += s;
-                    }
+        /// `Σ v` in f64, over 8 independent lanes so that it vectorises.
+        #[inline(always)]
+        fn sum<E: Real>(v: &[E]) -> f64 {
+            let mut lanes = [0.0f64; 8];
+            let chunks = v.chunks_exact(8);
+            let tail: f64 = chunks.remainder().iter().map(|&e| e.into()).sum();
+            for chunk in chunks {
+                for (l, &e) in lanes.iter_mut().zip(chunk) {
+                    *l += e.into();
                 }
-            });
+            }
+            lanes.iter().sum::<f64>() + tail
         }
 
         /// A matrix operand: its storage and its row and column strides.
@@ -615,19 +629,21 @@ mod fused {
             y.par_chunks_mut(g.y_len()).enumerate().for_each_init(
                 || vec![E::default(); g.col_len()],
                 |col, (n, y)| {
-                    let x = &x[n * g.x_len()..(n + 1) * g.x_len()];
-                    let col: &[E] = if g.pointwise() {
-                        x
-                    } else {
-                        im2col(g, x, col);
-                        col
-                    };
-                    if let Some(b) = b {
-                        for (row, &b) in y.chunks_mut(p).zip(b) {
-                            row.fill(b);
+                    vectorised(|| {
+                        let x = &x[n * g.x_len()..(n + 1) * g.x_len()];
+                        let col: &[E] = if g.pointwise() {
+                            x
+                        } else {
+                            im2col(g, x, col);
+                            col
+                        };
+                        if let Some(b) = b {
+                            for (row, &b) in y.chunks_mut(p).zip(b) {
+                                row.fill(b);
+                            }
                         }
-                    }
-                    matmul(g.cout, p, k, y, b.is_some(), (w, k, 1), (col, p, 1));
+                        matmul(g.cout, p, k, y, b.is_some(), (w, k, 1), (col, p, 1));
+                    })
                 },
             );
         }
@@ -660,30 +676,32 @@ mod fused {
                     let (mut col, mut dcol) =
                         (vec![E::default(); g.col_len()], vec![E::default(); g.col_len()]);
                     for n in t * per..((t + 1) * per).min(g.n) {
-                        let xn = &x[n * g.x_len()..(n + 1) * g.x_len()];
-                        let dyn_ = &dy[n * g.y_len()..(n + 1) * g.y_len()];
-                        let xcol: &[E] = if g.pointwise() {
-                            xn
-                        } else {
-                            im2col(g, xn, &mut col);
-                            &col
-                        };
-                        // ∂ℓ/∂W += dy_n · X_nᵀ  (X_nᵀ: row stride 1, column stride P)
-                        matmul(g.cout, k, p, &mut dw, true, (dyn_, p, 1), (xcol, 1, p));
-                        for (s, row) in db.iter_mut().zip(dyn_.chunks(p)) {
-                            *s += row.iter().map(|&v| v.into()).sum::<f64>();
-                        }
-                        if let Some(dx) = dx.as_deref_mut() {
-                            let i = n - t * per;
-                            let dxn = &mut dx[i * g.x_len()..(i + 1) * g.x_len()];
-                            // Wᵀ·dy_n (Wᵀ: row stride 1, column stride k), then col2im.
-                            if g.pointwise() {
-                                matmul(g.c, p, g.cout, dxn, false, (w, 1, k), (dyn_, p, 1));
+                        vectorised(|| {
+                            let xn = &x[n * g.x_len()..(n + 1) * g.x_len()];
+                            let dyn_ = &dy[n * g.y_len()..(n + 1) * g.y_len()];
+                            let xcol: &[E] = if g.pointwise() {
+                                xn
                             } else {
-                                matmul(k, p, g.cout, &mut dcol, false, (w, 1, k), (dyn_, p, 1));
-                                col2im_add(g, &dcol, dxn);
+                                im2col(g, xn, &mut col);
+                                &col
+                            };
+                            // ∂ℓ/∂W += dy_n · X_nᵀ  (X_nᵀ: row stride 1, column stride P)
+                            matmul(g.cout, k, p, &mut dw, true, (dyn_, p, 1), (xcol, 1, p));
+                            for (s, row) in db.iter_mut().zip(dyn_.chunks(p)) {
+                                *s += sum(row);
                             }
-                        }
+                            if let Some(dx) = dx.as_deref_mut() {
+                                let i = n - t * per;
+                                let dxn = &mut dx[i * g.x_len()..(i + 1) * g.x_len()];
+                                // Wᵀ·dy_n (Wᵀ: row stride 1, column stride k), then col2im.
+                                if g.pointwise() {
+                                    matmul(g.c, p, g.cout, dxn, false, (w, 1, k), (dyn_, p, 1));
+                                } else {
+                                    matmul(k, p, g.cout, &mut dcol, false, (w, 1, k), (dyn_, p, 1));
+                                    col2im_add(g, &dcol, dxn);
+                                }
+                            }
+                        })
                     }
                     (dw, db)
                 })

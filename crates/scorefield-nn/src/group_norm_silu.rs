@@ -499,6 +499,7 @@ mod fused {
         use rayon::prelude::*;
 
         use super::{Dims, GroupNormSiluOptions};
+        use crate::flex::vectorised;
 
         /// f32 or f64: the arithmetic the kernels need.
         pub(super) trait Real:
@@ -597,44 +598,46 @@ mod fused {
                 .zip(stats.par_chunks_mut(2))
                 .enumerate()
                 .for_each(|(i, ((out, x), stats))| {
-                    let (n, c0) = (i / d.groups, (i % d.groups) * cpg);
-                    let a = |k: usize| shift.map_or(0.0, |s| s[n * d.c + c0 + k].into());
-                    let mut sum = 0.0;
-                    for k in 0..cpg {
-                        let plane = &x[k * hw..(k + 1) * hw];
-                        sum += sum2(hw, |j| (plane[j].into(), 0.0)).0 + a(k) * hw as f64;
-                    }
-                    let mean = sum / len as f64;
-                    let mut squares = 0.0;
-                    for k in 0..cpg {
-                        let (plane, offset) = (&x[k * hw..(k + 1) * hw], a(k) - mean);
-                        squares += sum2(hw, |j| {
-                            let v = plane[j].into() + offset;
-                            (v * v, 0.0)
-                        })
-                        .0;
-                    }
-                    let r = 1.0 / (squares / len as f64 + options.epsilon).sqrt();
-                    stats[0] = mean;
-                    stats[1] = r;
-                    for k in 0..cpg {
-                        // y = γ(x + a − μ)r + β = x·s + b.
-                        let s = gamma[c0 + k].into() * r;
-                        let b = E::of(beta[c0 + k].into() + (a(k) - mean) * s);
-                        let s = E::of(s);
-                        let (plane, out) =
-                            (&x[k * hw..(k + 1) * hw], &mut out[k * hw..(k + 1) * hw]);
-                        if options.silu {
-                            for (o, &v) in out.iter_mut().zip(plane) {
-                                let y = v * s + b;
-                                *o = y / (E::ONE + (-y).exp());
-                            }
-                        } else {
-                            for (o, &v) in out.iter_mut().zip(plane) {
-                                *o = v * s + b;
+                    vectorised(|| {
+                        let (n, c0) = (i / d.groups, (i % d.groups) * cpg);
+                        let a = |k: usize| shift.map_or(0.0, |s| s[n * d.c + c0 + k].into());
+                        let mut sum = 0.0;
+                        for k in 0..cpg {
+                            let plane = &x[k * hw..(k + 1) * hw];
+                            sum += sum2(hw, |j| (plane[j].into(), 0.0)).0 + a(k) * hw as f64;
+                        }
+                        let mean = sum / len as f64;
+                        let mut squares = 0.0;
+                        for k in 0..cpg {
+                            let (plane, offset) = (&x[k * hw..(k + 1) * hw], a(k) - mean);
+                            squares += sum2(hw, |j| {
+                                let v = plane[j].into() + offset;
+                                (v * v, 0.0)
+                            })
+                            .0;
+                        }
+                        let r = 1.0 / (squares / len as f64 + options.epsilon).sqrt();
+                        stats[0] = mean;
+                        stats[1] = r;
+                        for k in 0..cpg {
+                            // y = γ(x + a − μ)r + β = x·s + b.
+                            let s = gamma[c0 + k].into() * r;
+                            let b = E::of(beta[c0 + k].into() + (a(k) - mean) * s);
+                            let s = E::of(s);
+                            let (plane, out) =
+                                (&x[k * hw..(k + 1) * hw], &mut out[k * hw..(k + 1) * hw]);
+                            if options.silu {
+                                for (o, &v) in out.iter_mut().zip(plane) {
+                                    let y = v * s + b;
+                                    *o = y / (E::ONE + (-y).exp());
+                                }
+                            } else {
+                                for (o, &v) in out.iter_mut().zip(plane) {
+                                    *o = v * s + b;
+                                }
                             }
                         }
-                    }
+                    })
                 });
         }
 
@@ -661,59 +664,60 @@ mod fused {
             let (cpg, hw, len) = (d.cpg(), d.hw(), d.len());
             dx.par_chunks_mut(len).zip(sums.par_chunks_mut(cpg)).enumerate().for_each(
                 |(i, (dx, sums))| {
-                    let (n, c0) = (i / d.groups, (i % d.groups) * cpg);
-                    let base = i * len;
-                    let (x, g) = (&k.x[base..base + len], &grad[base..base + len]);
-                    let a = |c: usize| k.shift.map_or(0.0, |s| s[n * d.c + c0 + c].into());
-                    let (mean, r) = (stats[2 * i], stats[2 * i + 1]);
-                    // Pass 1: dy into dx, Σ dy and Σ dy·x̂ per channel.
-                    let (mut m1, mut m2) = (0.0, 0.0);
-                    for (c, sum) in sums.iter_mut().enumerate() {
-                        let gamma = k.gamma[c0 + c].into();
-                        let s = gamma * r;
-                        let offset = a(c) - mean;
-                        let b = E::of(k.beta[c0 + c].into() + offset * s);
-                        let (s, r_e, o_e) = (E::of(s), E::of(r), E::of(offset * r));
-                        let range = c * hw..(c + 1) * hw;
-                        let (x, g, dy) = (&x[range.clone()], &g[range.clone()], &mut dx[range]);
-                        let (sdy, sdyx) = sum2(hw, |j| {
-                            let v = x[j];
-                            let xhat = v * r_e + o_e;
-                            let dyj = if silu {
-                                let y = v * s + b;
-                                let sig = E::ONE / (E::ONE + (-y).exp());
-                                g[j] * sig * (E::ONE + y * (E::ONE - sig))
+                    vectorised(|| {
+                        let (n, c0) = (i / d.groups, (i % d.groups) * cpg);
+                        let base = i * len;
+                        let (x, g) = (&k.x[base..base + len], &grad[base..base + len]);
+                        let a = |c: usize| k.shift.map_or(0.0, |s| s[n * d.c + c0 + c].into());
+                        let (mean, r) = (stats[2 * i], stats[2 * i + 1]);
+                        // Pass 1: dy into dx, Σ dy and Σ dy·x̂ per channel.
+                        let (mut m1, mut m2) = (0.0, 0.0);
+                        for (c, sum) in sums.iter_mut().enumerate() {
+                            let gamma = k.gamma[c0 + c].into();
+                            let s = gamma * r;
+                            let offset = a(c) - mean;
+                            let b = E::of(k.beta[c0 + c].into() + offset * s);
+                            let (s, r_e, o_e) = (E::of(s), E::of(r), E::of(offset * r));
+                            let range = c * hw..(c + 1) * hw;
+                            let (x, g, dy) = (&x[range.clone()], &g[range.clone()], &mut dx[range]);
+                            // Written first and summed after, so that both loops vectorise.
+                            if silu {
+                                for ((dy, &g), &v) in dy.iter_mut().zip(g).zip(x) {
+                                    let y = v * s + b;
+                                    let sig = E::ONE / (E::ONE + (-y).exp());
+                                    *dy = g * sig * (E::ONE + y * (E::ONE - sig));
+                                }
                             } else {
-                                g[j]
-                            };
-                            dy[j] = dyj;
-                            (dyj.into(), (dyj * xhat).into())
-                        });
-                        sum[0] = sdy;
-                        sum[1] = sdyx;
-                        m1 += gamma * sdy;
-                        m2 += gamma * sdyx;
-                    }
-                    let (m1, m2) = (m1 / len as f64, m2 / len as f64);
-                    // Pass 2: ∂ℓ/∂z = r(γ·dy − m1 − x̂·m2), and Σ ∂ℓ/∂z per channel.
-                    for (c, sum) in sums.iter_mut().enumerate() {
-                        let gamma = k.gamma[c0 + c].into();
-                        let offset = (a(c) - mean) * r;
-                        // r(γ dy − m1 − (x r + offset) m2) = dy·(rγ) + x·(−r² m2) + (−r m1 − r offset m2)
-                        let (p, q, t) = (
-                            E::of(r * gamma),
-                            E::of(-r * r * m2),
-                            E::of(-r * m1 - r * offset * m2),
-                        );
-                        let range = c * hw..(c + 1) * hw;
-                        let (x, dz) = (&x[range.clone()], &mut dx[range]);
-                        sum[2] = sum2(hw, |j| {
-                            let v = dz[j] * p + x[j] * q + t;
-                            dz[j] = v;
-                            (v.into(), 0.0)
-                        })
-                        .0;
-                    }
+                                dy.copy_from_slice(g);
+                            }
+                            let dy = &*dy;
+                            let (sdy, sdyx) =
+                                sum2(hw, |j| (dy[j].into(), (dy[j] * (x[j] * r_e + o_e)).into()));
+                            sum[0] = sdy;
+                            sum[1] = sdyx;
+                            m1 += gamma * sdy;
+                            m2 += gamma * sdyx;
+                        }
+                        let (m1, m2) = (m1 / len as f64, m2 / len as f64);
+                        // Pass 2: ∂ℓ/∂z = r(γ·dy − m1 − x̂·m2), and Σ ∂ℓ/∂z per channel.
+                        for (c, sum) in sums.iter_mut().enumerate() {
+                            let gamma = k.gamma[c0 + c].into();
+                            let offset = (a(c) - mean) * r;
+                            // r(γ dy − m1 − (x r + offset) m2) = dy·(rγ) + x·(−r² m2) + (−r m1 − r offset m2)
+                            let (p, q, t) = (
+                                E::of(r * gamma),
+                                E::of(-r * r * m2),
+                                E::of(-r * m1 - r * offset * m2),
+                            );
+                            let range = c * hw..(c + 1) * hw;
+                            let (x, dz) = (&x[range.clone()], &mut dx[range]);
+                            for (dz, &x) in dz.iter_mut().zip(x) {
+                                *dz = *dz * p + x * q + t;
+                            }
+                            let dz = &*dz;
+                            sum[2] = sum2(hw, |j| (dz[j].into(), 0.0)).0;
+                        }
+                    })
                 },
             );
         }
