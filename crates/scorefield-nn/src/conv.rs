@@ -399,8 +399,6 @@ mod fused {
 
         use rayon::prelude::*;
 
-        use crate::flex::vectorised;
-
         /// f32 or f64.
         pub(super) trait Real:
             Copy + Send + Sync + 'static + Default + core::ops::AddAssign + Into<f64>
@@ -617,6 +615,31 @@ mod fused {
             }
         }
 
+        /// `y_n = W·X_n + b` for one sample (`col`: scratch for `X_n`).
+        #[inline(always)]
+        fn forward_sample<E: Real>(
+            g: &Geometry,
+            x: &[E],
+            w: &[E],
+            b: Option<&[E]>,
+            col: &mut [E],
+            y: &mut [E],
+        ) {
+            let (k, p) = (g.k(), g.p());
+            let col: &[E] = if g.pointwise() {
+                x
+            } else {
+                im2col(g, x, col);
+                col
+            };
+            if let Some(b) = b {
+                for (row, &b) in y.chunks_exact_mut(p).zip(b) {
+                    row.fill(b);
+                }
+            }
+            matmul(g.cout, p, k, y, b.is_some(), (w, k, 1), (col, p, 1));
+        }
+
         /// `y_n = W·X_n + b` for every sample, one task per sample.
         pub(in super::super) fn forward<E: Real>(
             g: &Geometry,
@@ -625,26 +648,10 @@ mod fused {
             b: Option<&[E]>,
             y: &mut [E],
         ) {
-            let (k, p) = (g.k(), g.p());
-            y.par_chunks_mut(g.y_len()).enumerate().for_each_init(
+            let xs = x.chunks_exact(g.x_len()).collect::<Vec<_>>();
+            y.par_chunks_exact_mut(g.y_len()).zip(xs).for_each_init(
                 || vec![E::default(); g.col_len()],
-                |col, (n, y)| {
-                    vectorised(|| {
-                        let x = &x[n * g.x_len()..(n + 1) * g.x_len()];
-                        let col: &[E] = if g.pointwise() {
-                            x
-                        } else {
-                            im2col(g, x, col);
-                            col
-                        };
-                        if let Some(b) = b {
-                            for (row, &b) in y.chunks_mut(p).zip(b) {
-                                row.fill(b);
-                            }
-                        }
-                        matmul(g.cout, p, k, y, b.is_some(), (w, k, 1), (col, p, 1));
-                    })
-                },
+                |col, (y, x)| forward_sample_dispatch(g, x, w, b, col, y),
             );
         }
 
@@ -654,6 +661,54 @@ mod fused {
             n.div_ceil(16).max(1)
         }
 
+        /// One task's running sums: `∂ℓ/∂W`, `∂ℓ/∂b` and the scratch for `X_n` and `Wᵀ·dy_n`.
+        struct Partial<E> {
+            dw: Vec<E>,
+            db: Vec<f64>,
+            col: Vec<E>,
+            dcol: Vec<E>,
+        }
+
+        /// Adds sample `n`'s terms to `∂ℓ/∂W` and `∂ℓ/∂b`, and writes `∂ℓ/∂x_n` if asked.
+        #[inline(always)]
+        fn backward_sample<E: Real>(
+            g: &Geometry,
+            x: &[E],
+            w: &[E],
+            dy: &[E],
+            acc: &mut Partial<E>,
+            dx: Option<&mut [E]>,
+        ) {
+            let (k, p) = (g.k(), g.p());
+            let xcol: &[E] = if g.pointwise() {
+                x
+            } else {
+                im2col(g, x, &mut acc.col);
+                &acc.col
+            };
+            // ∂ℓ/∂W += dy_n · X_nᵀ  (X_nᵀ: row stride 1, column stride P)
+            matmul(g.cout, k, p, &mut acc.dw, true, (dy, p, 1), (xcol, 1, p));
+            for (s, row) in acc.db.iter_mut().zip(dy.chunks_exact(p)) {
+                *s += sum(row);
+            }
+            // ∂ℓ/∂x_n = col2im(Wᵀ·dy_n)  (Wᵀ: row stride 1, column stride k)
+            match dx {
+                Some(dx) if g.pointwise() => {
+                    matmul(g.c, p, g.cout, dx, false, (w, 1, k), (dy, p, 1))
+                }
+                Some(dx) => {
+                    matmul(k, p, g.cout, &mut acc.dcol, false, (w, 1, k), (dy, p, 1));
+                    col2im_add(g, &acc.dcol, dx);
+                }
+                None => {}
+            }
+        }
+
+        crate::flex::avx2_twin!(forward_sample, forward_sample_avx2, forward_sample_dispatch,
+            (g: &Geometry, x: &[E], w: &[E], b: Option<&[E]>, col: &mut [E], y: &mut [E]));
+        crate::flex::avx2_twin!(backward_sample, backward_sample_avx2, backward_sample_dispatch,
+            (g: &Geometry, x: &[E], w: &[E], dy: &[E], acc: &mut Partial<E>, dx: Option<&mut [E]>));
+
         /// `(∂ℓ/∂x if wanted, ∂ℓ/∂W, ∂ℓ/∂b)`.
         pub(in super::super) fn backward<E: Real>(
             g: &Geometry,
@@ -662,7 +717,7 @@ mod fused {
             dy: &[E],
             want_dx: bool,
         ) -> (Option<Vec<E>>, Vec<E>, Vec<E>) {
-            let (k, p, per) = (g.k(), g.p(), chunk(g.n));
+            let (k, per) = (g.k(), chunk(g.n));
             let mut dx = vec![E::default(); if want_dx { g.n * g.x_len() } else { 0 }];
             let tasks: Vec<(usize, Option<&mut [E]>)> = if want_dx {
                 dx.chunks_mut(per * g.x_len()).map(Some).enumerate().collect()
@@ -672,38 +727,21 @@ mod fused {
             let partial: Vec<(Vec<E>, Vec<f64>)> = tasks
                 .into_par_iter()
                 .map(|(t, mut dx)| {
-                    let (mut dw, mut db) = (vec![E::default(); g.cout * k], vec![0.0; g.cout]);
-                    let (mut col, mut dcol) =
-                        (vec![E::default(); g.col_len()], vec![E::default(); g.col_len()]);
+                    let mut acc = Partial {
+                        dw: vec![E::default(); g.cout * k],
+                        db: vec![0.0; g.cout],
+                        col: vec![E::default(); g.col_len()],
+                        dcol: vec![E::default(); g.col_len()],
+                    };
                     for n in t * per..((t + 1) * per).min(g.n) {
-                        vectorised(|| {
-                            let xn = &x[n * g.x_len()..(n + 1) * g.x_len()];
-                            let dyn_ = &dy[n * g.y_len()..(n + 1) * g.y_len()];
-                            let xcol: &[E] = if g.pointwise() {
-                                xn
-                            } else {
-                                im2col(g, xn, &mut col);
-                                &col
-                            };
-                            // ∂ℓ/∂W += dy_n · X_nᵀ  (X_nᵀ: row stride 1, column stride P)
-                            matmul(g.cout, k, p, &mut dw, true, (dyn_, p, 1), (xcol, 1, p));
-                            for (s, row) in db.iter_mut().zip(dyn_.chunks(p)) {
-                                *s += sum(row);
-                            }
-                            if let Some(dx) = dx.as_deref_mut() {
-                                let i = n - t * per;
-                                let dxn = &mut dx[i * g.x_len()..(i + 1) * g.x_len()];
-                                // Wᵀ·dy_n (Wᵀ: row stride 1, column stride k), then col2im.
-                                if g.pointwise() {
-                                    matmul(g.c, p, g.cout, dxn, false, (w, 1, k), (dyn_, p, 1));
-                                } else {
-                                    matmul(k, p, g.cout, &mut dcol, false, (w, 1, k), (dyn_, p, 1));
-                                    col2im_add(g, &dcol, dxn);
-                                }
-                            }
-                        })
+                        let (xn, dyn_) =
+                            (&x[n * g.x_len()..][..g.x_len()], &dy[n * g.y_len()..][..g.y_len()]);
+                        let dxn = dx
+                            .as_deref_mut()
+                            .map(|dx| &mut dx[(n - t * per) * g.x_len()..][..g.x_len()]);
+                        backward_sample_dispatch(g, xn, w, dyn_, &mut acc, dxn);
                     }
-                    (dw, db)
+                    (acc.dw, acc.db)
                 })
                 .collect();
             let mut dw = vec![E::default(); g.cout * k];

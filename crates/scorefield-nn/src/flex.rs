@@ -27,21 +27,43 @@ pub(crate) fn flex_tensor<E: burn::tensor::Element>(
     FloatTensor::<Flex>::from_data(TensorData::new(values, shape.to_vec()))
 }
 
-/// Runs `f` compiled for AVX2 and FMA where the processor has both (detected at run time, as
-/// burn-flex's and gemm's own kernels do), plainly otherwise: the loops that `f` inlines then
-/// vectorise 8 f32 (4 f64) wide instead of the x86-64 baseline's SSE2 4 (2). `f` and what it
-/// calls should be `#[inline(always)]` (closures called once are inlined anyway) so that their
-/// code is generated inside the AVX2 function.
+/// Whether the processor has AVX2 and FMA (detected at run time, as burn-flex's and gemm's own
+/// kernels do; cached by `std`).
 #[inline(always)]
-pub(crate) fn vectorised<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        #[target_feature(enable = "avx2,fma")]
-        fn avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        // SAFETY: the processor has AVX2 and FMA (checked just above).
-        return unsafe { avx2(f) };
-    }
-    f()
+    return std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
+
+/// `avx2_twin!(kernel, kernel_avx2, kernel_dispatch, (args))` defines, for an
+/// `#[inline(always)]` function `kernel<E: Real>(args)`, its twin compiled for AVX2 and FMA
+/// (the body inlined into a `#[target_feature]` function, so that its loops vectorise 8 f32 /
+/// 4 f64 wide instead of the x86-64 baseline's SSE2 4 / 2) and `kernel_dispatch(args)`, which
+/// runs the twin where the processor has both ([`has_avx2_fma`]) and `kernel` otherwise.
+/// (A generic "run this closure with AVX2" helper depends on LLVM inlining the closure, which
+/// it does for small closures only.)
+macro_rules! avx2_twin {
+    ($name:ident, $twin:ident, $dispatch:ident, ($($arg:ident: $ty:ty),* $(,)?)) => {
+        #[cfg(target_arch = "x86_64")]
+        #[allow(clippy::too_many_arguments)]
+        #[target_feature(enable = "avx2,fma")]
+        fn $twin<E: Real>($($arg: $ty),*) {
+            $name($($arg),*)
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        #[inline(always)]
+        fn $dispatch<E: Real>($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if $crate::flex::has_avx2_fma() {
+                // SAFETY: the processor has AVX2 and FMA (checked just above).
+                return unsafe { $twin($($arg),*) };
+            }
+            $name($($arg),*)
+        }
+    };
+}
+pub(crate) use avx2_twin;

@@ -499,7 +499,6 @@ mod fused {
         use rayon::prelude::*;
 
         use super::{Dims, GroupNormSiluOptions};
-        use crate::flex::vectorised;
 
         /// f32 or f64: the arithmetic the kernels need.
         pub(super) trait Real:
@@ -583,6 +582,60 @@ mod fused {
             (a.iter().sum(), b.iter().sum())
         }
 
+        /// The forward of (sample, group) `i`: `out` and `x` its `len` elements, `stats` its
+        /// `(μ, r)`.
+        #[inline(always)]
+        fn forward_group<E: Real>(
+            k: &Slices<'_, E>,
+            d: Dims,
+            options: GroupNormSiluOptions,
+            i: usize,
+            out: &mut [E],
+            x: &[E],
+            stats: &mut [f64],
+        ) {
+            let Slices { shift, gamma, beta, .. } = *k;
+            let (cpg, hw, len) = (d.cpg(), d.hw(), d.len());
+
+            let (n, c0) = (i / d.groups, (i % d.groups) * cpg);
+            let a = |k: usize| shift.map_or(0.0, |s| s[n * d.c + c0 + k].into());
+            let mut sum = 0.0;
+            for k in 0..cpg {
+                let plane = &x[k * hw..(k + 1) * hw];
+                sum += sum2(hw, |j| (plane[j].into(), 0.0)).0 + a(k) * hw as f64;
+            }
+            let mean = sum / len as f64;
+            let mut squares = 0.0;
+            for k in 0..cpg {
+                let (plane, offset) = (&x[k * hw..(k + 1) * hw], a(k) - mean);
+                squares += sum2(hw, |j| {
+                    let v = plane[j].into() + offset;
+                    (v * v, 0.0)
+                })
+                .0;
+            }
+            let r = 1.0 / (squares / len as f64 + options.epsilon).sqrt();
+            stats[0] = mean;
+            stats[1] = r;
+            for k in 0..cpg {
+                // y = γ(x + a − μ)r + β = x·s + b.
+                let s = gamma[c0 + k].into() * r;
+                let b = E::of(beta[c0 + k].into() + (a(k) - mean) * s);
+                let s = E::of(s);
+                let (plane, out) = (&x[k * hw..(k + 1) * hw], &mut out[k * hw..(k + 1) * hw]);
+                if options.silu {
+                    for (o, &v) in out.iter_mut().zip(plane) {
+                        let y = v * s + b;
+                        *o = y / (E::ONE + (-y).exp());
+                    }
+                } else {
+                    for (o, &v) in out.iter_mut().zip(plane) {
+                        *o = v * s + b;
+                    }
+                }
+            }
+        }
+
         /// The forward over every (sample, group) in parallel; `stats` gets `(μ, r)` of each.
         pub(super) fn forward<E: Real>(
             k: &Slices<'_, E>,
@@ -591,53 +644,13 @@ mod fused {
             out: &mut [E],
             stats: &mut [f64],
         ) {
-            let Slices { x, shift, gamma, beta } = *k;
-            let (cpg, hw, len) = (d.cpg(), d.hw(), d.len());
+            let len = d.len();
             out.par_chunks_mut(len)
-                .zip(x.par_chunks(len))
+                .zip(k.x.par_chunks(len))
                 .zip(stats.par_chunks_mut(2))
                 .enumerate()
                 .for_each(|(i, ((out, x), stats))| {
-                    vectorised(|| {
-                        let (n, c0) = (i / d.groups, (i % d.groups) * cpg);
-                        let a = |k: usize| shift.map_or(0.0, |s| s[n * d.c + c0 + k].into());
-                        let mut sum = 0.0;
-                        for k in 0..cpg {
-                            let plane = &x[k * hw..(k + 1) * hw];
-                            sum += sum2(hw, |j| (plane[j].into(), 0.0)).0 + a(k) * hw as f64;
-                        }
-                        let mean = sum / len as f64;
-                        let mut squares = 0.0;
-                        for k in 0..cpg {
-                            let (plane, offset) = (&x[k * hw..(k + 1) * hw], a(k) - mean);
-                            squares += sum2(hw, |j| {
-                                let v = plane[j].into() + offset;
-                                (v * v, 0.0)
-                            })
-                            .0;
-                        }
-                        let r = 1.0 / (squares / len as f64 + options.epsilon).sqrt();
-                        stats[0] = mean;
-                        stats[1] = r;
-                        for k in 0..cpg {
-                            // y = γ(x + a − μ)r + β = x·s + b.
-                            let s = gamma[c0 + k].into() * r;
-                            let b = E::of(beta[c0 + k].into() + (a(k) - mean) * s);
-                            let s = E::of(s);
-                            let (plane, out) =
-                                (&x[k * hw..(k + 1) * hw], &mut out[k * hw..(k + 1) * hw]);
-                            if options.silu {
-                                for (o, &v) in out.iter_mut().zip(plane) {
-                                    let y = v * s + b;
-                                    *o = y / (E::ONE + (-y).exp());
-                                }
-                            } else {
-                                for (o, &v) in out.iter_mut().zip(plane) {
-                                    *o = v * s + b;
-                                }
-                            }
-                        }
-                    })
+                    forward_group_dispatch(k, d, options, i, out, x, stats)
                 });
         }
 
@@ -650,6 +663,78 @@ mod fused {
             pub(super) beta: &'a [E],
         }
 
+        /// The backward of (sample, group) `i`: `dx` its `len` elements, `sums` its channels'.
+        #[allow(clippy::too_many_arguments)]
+        #[inline(always)]
+        fn backward_group<E: Real>(
+            k: &Slices<'_, E>,
+            stats: &[f64],
+            grad: &[E],
+            d: Dims,
+            silu: bool,
+            i: usize,
+            dx: &mut [E],
+            sums: &mut [[f64; 3]],
+        ) {
+            let (cpg, hw, len) = (d.cpg(), d.hw(), d.len());
+
+            let (n, c0) = (i / d.groups, (i % d.groups) * cpg);
+            let base = i * len;
+            let (x, g) = (&k.x[base..base + len], &grad[base..base + len]);
+            let a = |c: usize| k.shift.map_or(0.0, |s| s[n * d.c + c0 + c].into());
+            let (mean, r) = (stats[2 * i], stats[2 * i + 1]);
+            // Pass 1: dy into dx, Σ dy and Σ dy·x̂ per channel.
+            let (mut m1, mut m2) = (0.0, 0.0);
+            for (c, sum) in sums.iter_mut().enumerate() {
+                let gamma = k.gamma[c0 + c].into();
+                let s = gamma * r;
+                let offset = a(c) - mean;
+                let b = E::of(k.beta[c0 + c].into() + offset * s);
+                let (s, r_e, o_e) = (E::of(s), E::of(r), E::of(offset * r));
+                let range = c * hw..(c + 1) * hw;
+                let (x, g, dy) = (&x[range.clone()], &g[range.clone()], &mut dx[range]);
+                // Written first and summed after, so that both loops vectorise.
+                if silu {
+                    for ((dy, &g), &v) in dy.iter_mut().zip(g).zip(x) {
+                        let y = v * s + b;
+                        let sig = E::ONE / (E::ONE + (-y).exp());
+                        *dy = g * sig * (E::ONE + y * (E::ONE - sig));
+                    }
+                } else {
+                    dy.copy_from_slice(g);
+                }
+                let dy = &*dy;
+                let (sdy, sdyx) = sum2(hw, |j| (dy[j].into(), (dy[j] * (x[j] * r_e + o_e)).into()));
+                sum[0] = sdy;
+                sum[1] = sdyx;
+                m1 += gamma * sdy;
+                m2 += gamma * sdyx;
+            }
+            let (m1, m2) = (m1 / len as f64, m2 / len as f64);
+            // Pass 2: ∂ℓ/∂z = r(γ·dy − m1 − x̂·m2), and Σ ∂ℓ/∂z per channel.
+            for (c, sum) in sums.iter_mut().enumerate() {
+                let gamma = k.gamma[c0 + c].into();
+                let offset = (a(c) - mean) * r;
+                // r(γ dy − m1 − (x r + offset) m2) = dy·(rγ) + x·(−r² m2) + (−r m1 − r offset m2)
+                let (p, q, t) =
+                    (E::of(r * gamma), E::of(-r * r * m2), E::of(-r * m1 - r * offset * m2));
+                let range = c * hw..(c + 1) * hw;
+                let (x, dz) = (&x[range.clone()], &mut dx[range]);
+                for (dz, &x) in dz.iter_mut().zip(x) {
+                    *dz = *dz * p + x * q + t;
+                }
+                let dz = &*dz;
+                sum[2] = sum2(hw, |j| (dz[j].into(), 0.0)).0;
+            }
+        }
+
+        crate::flex::avx2_twin!(forward_group, forward_group_avx2, forward_group_dispatch,
+            (k: &Slices<'_, E>, d: Dims, options: GroupNormSiluOptions, i: usize, out: &mut [E],
+             x: &[E], stats: &mut [f64]));
+        crate::flex::avx2_twin!(backward_group, backward_group_avx2, backward_group_dispatch,
+            (k: &Slices<'_, E>, stats: &[f64], grad: &[E], d: Dims, silu: bool, i: usize,
+             dx: &mut [E], sums: &mut [[f64; 3]]));
+
         /// The backward over every (sample, group) in parallel: `dx` gets `∂ℓ/∂x`, `sums`
         /// per (sample, channel) `[Σ dy, Σ dy·x̂, Σ ∂ℓ/∂z]`.
         pub(super) fn backward<E: Real>(
@@ -661,64 +746,9 @@ mod fused {
             dx: &mut [E],
             sums: &mut [[f64; 3]],
         ) {
-            let (cpg, hw, len) = (d.cpg(), d.hw(), d.len());
+            let (cpg, len) = (d.cpg(), d.len());
             dx.par_chunks_mut(len).zip(sums.par_chunks_mut(cpg)).enumerate().for_each(
-                |(i, (dx, sums))| {
-                    vectorised(|| {
-                        let (n, c0) = (i / d.groups, (i % d.groups) * cpg);
-                        let base = i * len;
-                        let (x, g) = (&k.x[base..base + len], &grad[base..base + len]);
-                        let a = |c: usize| k.shift.map_or(0.0, |s| s[n * d.c + c0 + c].into());
-                        let (mean, r) = (stats[2 * i], stats[2 * i + 1]);
-                        // Pass 1: dy into dx, Σ dy and Σ dy·x̂ per channel.
-                        let (mut m1, mut m2) = (0.0, 0.0);
-                        for (c, sum) in sums.iter_mut().enumerate() {
-                            let gamma = k.gamma[c0 + c].into();
-                            let s = gamma * r;
-                            let offset = a(c) - mean;
-                            let b = E::of(k.beta[c0 + c].into() + offset * s);
-                            let (s, r_e, o_e) = (E::of(s), E::of(r), E::of(offset * r));
-                            let range = c * hw..(c + 1) * hw;
-                            let (x, g, dy) = (&x[range.clone()], &g[range.clone()], &mut dx[range]);
-                            // Written first and summed after, so that both loops vectorise.
-                            if silu {
-                                for ((dy, &g), &v) in dy.iter_mut().zip(g).zip(x) {
-                                    let y = v * s + b;
-                                    let sig = E::ONE / (E::ONE + (-y).exp());
-                                    *dy = g * sig * (E::ONE + y * (E::ONE - sig));
-                                }
-                            } else {
-                                dy.copy_from_slice(g);
-                            }
-                            let dy = &*dy;
-                            let (sdy, sdyx) =
-                                sum2(hw, |j| (dy[j].into(), (dy[j] * (x[j] * r_e + o_e)).into()));
-                            sum[0] = sdy;
-                            sum[1] = sdyx;
-                            m1 += gamma * sdy;
-                            m2 += gamma * sdyx;
-                        }
-                        let (m1, m2) = (m1 / len as f64, m2 / len as f64);
-                        // Pass 2: ∂ℓ/∂z = r(γ·dy − m1 − x̂·m2), and Σ ∂ℓ/∂z per channel.
-                        for (c, sum) in sums.iter_mut().enumerate() {
-                            let gamma = k.gamma[c0 + c].into();
-                            let offset = (a(c) - mean) * r;
-                            // r(γ dy − m1 − (x r + offset) m2) = dy·(rγ) + x·(−r² m2) + (−r m1 − r offset m2)
-                            let (p, q, t) = (
-                                E::of(r * gamma),
-                                E::of(-r * r * m2),
-                                E::of(-r * m1 - r * offset * m2),
-                            );
-                            let range = c * hw..(c + 1) * hw;
-                            let (x, dz) = (&x[range.clone()], &mut dx[range]);
-                            for (dz, &x) in dz.iter_mut().zip(x) {
-                                *dz = *dz * p + x * q + t;
-                            }
-                            let dz = &*dz;
-                            sum[2] = sum2(hw, |j| (dz[j].into(), 0.0)).0;
-                        }
-                    })
-                },
+                |(i, (dx, sums))| backward_group_dispatch(k, stats, grad, d, silu, i, dx, sums),
             );
         }
     }
