@@ -1,7 +1,8 @@
 //! The fused convolution (`scorefield::nn::conv2d`) against Burn's stock `conv2d` on flex, for
 //! every convolution shape of `NcsnUnetConfig::new()` at batch 64 (workload B's): each rep runs
 //! the forward, and the forward + backward of `Σ v·y` (input, weight and bias gradients), once
-//! stock and once fused, in turn; prints the median seconds of each and their ratio.
+//! stock, once fused with im2col only and once fused with Winograd where it applies (3×3
+//! same), in turn; prints the median milliseconds of each and the ratios to stock.
 //!
 //! ```text
 //! cargo bench --bench conv -- [--threads T] [--reps R]
@@ -14,7 +15,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
-use scorefield::nn::{Conv2dOptions, conv2d};
+use scorefield::nn::{Conv2dOptions, ConvAlgorithm, conv2d};
 
 /// `(name, c_in, c_out, side of the input, kernel, stride, padding, count in one U-Net
 /// forward)`.
@@ -59,10 +60,10 @@ fn main() {
     let device = scorefield::device("flex").unwrap().autodiff();
     let mut rng = StdRng::seed_from_u64(0);
     println!(
-        "{:<24} {:>10} {:>10} {:>6} {:>10} {:>10} {:>6}",
-        "shape", "fwd stock", "fused", "ratio", "f+b stock", "fused", "ratio"
+        "{:<22} {:>8} {:>7} {:>7} | {:>8} {:>7} {:>7}   (ms; fused/stock ratios: im2col, Winograd)",
+        "shape", "fwd", "im2col", "wino", "f+b", "im2col", "wino"
     );
-    let (mut total_stock, mut total_fused) = (0.0, 0.0);
+    let mut totals = [0.0; 3];
     for (name, cin, cout, side, k, stride, pad, count) in SHAPES {
         let x = normal([BATCH, cin, side, side], &mut rng, &device).require_grad();
         let w = normal([cout, cin, k, k], &mut rng, &device).require_grad();
@@ -70,10 +71,14 @@ fn main() {
         let options = Conv2dOptions::new(stride, pad);
         let out = conv2d(x.clone(), w.clone(), None, options).unwrap().dims();
         let v = normal(out, &mut rng, &device);
-        let mut times = [vec![], vec![], vec![], vec![]];
+        let variants = [
+            options.with_fused(false),
+            options.with_algorithm(ConvAlgorithm::Im2col),
+            options.with_algorithm(ConvAlgorithm::Winograd),
+        ];
+        let mut times: [Vec<f64>; 6] = Default::default();
         for _ in 0..reps + 1 {
-            for (i, fused) in [false, true].into_iter().enumerate() {
-                let o = options.with_fused(fused);
+            for (i, o) in variants.into_iter().enumerate() {
                 let t = Instant::now();
                 let y = conv2d(x.clone().detach(), w.clone().detach(), Some(b.clone().detach()), o);
                 let _ = y.unwrap().into_data();
@@ -86,26 +91,27 @@ fn main() {
                 {
                     g.expect("a gradient");
                 }
-                times[2 + i].push(t.elapsed().as_secs_f64());
+                times[3 + i].push(t.elapsed().as_secs_f64());
             }
         }
-        let [fs, ff, bs, bf] = times.map(|mut t| median(t.split_off(1)));
-        total_stock += count as f64 * bs;
-        total_fused += count as f64 * bf;
+        let [fs, fi, fw, bs, bi, bw] = times.map(|mut t| median(t.split_off(1)));
+        for (total, t) in totals.iter_mut().zip([bs, bi, bw]) {
+            *total += count as f64 * t;
+        }
         println!(
-            "{name:<24} {:>9.2}ms {:>9.2}ms {:>6.2} {:>9.2}ms {:>9.2}ms {:>6.2}",
+            "{name:<22} {:>8.2} {:>7.2} {:>7.2} | {:>8.2} {:>7.2} {:>7.2}",
             fs * 1e3,
-            ff * 1e3,
-            ff / fs,
+            fi / fs,
+            fw / fs,
             bs * 1e3,
-            bf * 1e3,
-            bf / bs
+            bi / bs,
+            bw / bs
         );
     }
+    let [s, i, w] = totals;
     println!(
-        "one U-Net's convolutions, forward + backward: stock {:.3} s, fused {:.3} s, ratio {:.2}",
-        total_stock,
-        total_fused,
-        total_fused / total_stock
+        "one U-Net's convolutions, forward + backward: stock {s:.3} s, im2col {i:.3} s ({:.2}), Winograd {w:.3} s ({:.2})",
+        i / s,
+        w / s
     );
 }

@@ -57,8 +57,9 @@ use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
 use scorefield::analytic::{Gaussian, GaussianMixture};
 use scorefield::nn::{
-    Conditioning, Conv2dOptions, Dual, DualForward, GroupNormSiluOptions, NcsnUnet, NcsnUnetConfig,
-    ScoreMlp, ScoreMlpConfig, StepReport, Trainer, TrainerConfig, conv2d, group_norm_silu,
+    Conditioning, Conv2dOptions, ConvAlgorithm, Dual, DualForward, GroupNormSiluOptions, NcsnUnet,
+    NcsnUnetConfig, ScoreMlp, ScoreMlpConfig, StepReport, Trainer, TrainerConfig, conv2d,
+    group_norm_silu,
 };
 use scorefield::objective::{DenoisingScoreMatching, Projection, SlicedScoreMatching};
 use scorefield::sampler::{
@@ -338,7 +339,12 @@ fn fused_ops(device: &Device) -> Vec<Quantity> {
     let cx = normal_tensor([3, 4, 9, 8], 35, &device).require_grad();
     let cw = normal_tensor([5, 4, 3, 3], 36, &device).require_grad();
     let cb = normal_tensor([5], 37, &device).require_grad();
-    let options = Conv2dOptions { stride: [2, 2], padding: [(1, 0), (1, 1)], fused: true };
+    let options = Conv2dOptions {
+        stride: [2, 2],
+        padding: [(1, 0), (1, 1)],
+        fused: true,
+        algorithm: ConvAlgorithm::Auto,
+    };
     let y = conv2d(cx.clone(), cw.clone(), Some(cb.clone()), options).unwrap();
     let cgrads = y.clone().mul(normal_tensor(y.dims(), 38, &device)).sum().backward();
     vec![

@@ -84,17 +84,45 @@ pub struct Conv2dOptions {
     /// The kernel where one exists (flex, f32 and f64); `false` runs Burn's stock `conv2d`
     /// on every backend, the reference the kernel is tested against.
     pub fused: bool,
+    /// The fused kernel's algorithm for 3×3 convolutions of stride 1 and padding 1.
+    pub algorithm: ConvAlgorithm,
+}
+
+/// Which algorithm the fused kernel runs for a 3×3 convolution of stride 1 and padding 1 (its
+/// forward and input gradient; every other geometry, and every weight gradient, is im2col).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConvAlgorithm {
+    /// Winograd where it was measured faster (`benches/conv.rs`: `C·C' ≥ 2048`, i.e. from
+    /// 64 → 32 channels up; at 32 → 32 and below the transforms cost more than the products
+    /// they save), im2col otherwise.
+    #[default]
+    Auto,
+    /// im2col and one matrix product per sample.
+    Im2col,
+    /// Winograd's F(2×2, 3×3) (`conv/winograd.rs`): 2.25× fewer multiplications, with
+    /// rounding that differs from im2col's in the last bits.
+    Winograd,
 }
 
 impl Conv2dOptions {
     /// Stride `stride` and the same padding `padding` on all four sides, fused.
     pub fn new(stride: usize, padding: usize) -> Self {
-        Conv2dOptions { stride: [stride; 2], padding: [(padding, padding); 2], fused: true }
+        Conv2dOptions {
+            stride: [stride; 2],
+            padding: [(padding, padding); 2],
+            fused: true,
+            algorithm: ConvAlgorithm::Auto,
+        }
     }
 
     /// With or without the fused kernel.
     pub fn with_fused(self, fused: bool) -> Self {
         Conv2dOptions { fused, ..self }
+    }
+
+    /// With the algorithm `algorithm` for 3×3 convolutions of stride 1 and padding 1.
+    pub fn with_algorithm(self, algorithm: ConvAlgorithm) -> Self {
+        Conv2dOptions { algorithm, ..self }
     }
 
     fn stock(&self) -> ConvOptions<2> {
@@ -162,11 +190,19 @@ impl Conv2dFused for Conv2d {
         if self.groups != 1 || self.dilation != [1, 1] {
             return self.forward(x);
         }
-        let options = Conv2dOptions { stride: self.stride, padding, fused: true };
+        let options = Conv2dOptions {
+            stride: self.stride,
+            padding,
+            fused: true,
+            algorithm: ConvAlgorithm::Auto,
+        };
         conv2d(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()), options)
             .unwrap_or_else(|e| panic!("{e}"))
     }
 }
+
+#[cfg(feature = "flex")]
+mod winograd;
 
 #[cfg(feature = "flex")]
 mod fused {
@@ -180,7 +216,7 @@ mod fused {
     use burn::backend::{Autodiff, Backend, Dispatch, ExtensionType, Flex, backend_extension};
     use burn::tensor::{DType, Tensor};
 
-    use super::Conv2dOptions;
+    use super::{Conv2dOptions, winograd};
     use crate::flex::{flex_tensor, on_flex_in};
     use kernel::Geometry;
 
@@ -366,7 +402,12 @@ mod fused {
                 t.as_slice().expect("contiguous float storage")
             }
             let mut y = vec![0.0 as E; g.n * g.cout * g.p()];
-            kernel::forward(&g, slice(&x), slice(&weight), bias.as_ref().map(slice), &mut y);
+            let (x, w, b) = (slice(&x), slice(&weight), bias.as_ref().map(slice));
+            if winograd::applies(&g, options.algorithm) {
+                winograd::forward(&g, x, w, b, &mut y);
+            } else {
+                kernel::forward(&g, x, w, b, &mut y);
+            }
             flex_tensor(y, &[g.n, g.cout, g.oh, g.ow])
         })
     }
@@ -384,8 +425,14 @@ mod fused {
             fn slice(t: &FlexTensor) -> &[E] {
                 t.as_slice().expect("contiguous float storage")
             }
-            let (dx, dw, db) =
-                kernel::backward(&g, slice(&x), slice(&weight), slice(&grad), want_dx);
+            let (dx, dw, db) = kernel::backward(
+                &g,
+                slice(&x),
+                slice(&weight),
+                slice(&grad),
+                want_dx,
+                state.options.algorithm,
+            );
             (
                 dx.map(|dx| flex_tensor(dx, &[g.n, g.c, g.h, g.w])),
                 flex_tensor(dw, &[g.cout, g.c, g.kh, g.kw]),
@@ -394,14 +441,25 @@ mod fused {
         })
     }
 
-    mod kernel {
+    pub(super) mod kernel {
         //! The kernels on slices, generic over f32 and f64.
 
         use rayon::prelude::*;
 
+        use crate::conv::ConvAlgorithm;
+
         /// f32 or f64.
-        pub(super) trait Real:
-            Copy + Send + Sync + 'static + Default + core::ops::AddAssign + Into<f64>
+        pub(in crate::conv) trait Real:
+            Copy
+            + Send
+            + Sync
+            + 'static
+            + Default
+            + Into<f64>
+            + core::ops::AddAssign
+            + core::ops::Add<Output = Self>
+            + core::ops::Sub<Output = Self>
+            + core::ops::Mul<Output = Self>
         {
             const ONE: Self;
             fn of(v: f64) -> Self;
@@ -423,7 +481,7 @@ mod fused {
 
         /// The shape of one call (see the module docs for the symbols).
         #[derive(Clone, Copy, Debug)]
-        pub(in super::super) struct Geometry {
+        pub(in crate::conv) struct Geometry {
             pub n: usize,
             pub c: usize,
             pub h: usize,
@@ -561,7 +619,7 @@ mod fused {
 
         /// `dst (m×n, row-major) ← [dst +] lhs (m×k) · rhs (k×n)`, single-threaded, through
         /// the `gemm` crate, after checking that every index of the operands is in bounds.
-        fn matmul<E: Real>(
+        pub(in crate::conv) fn matmul<E: Real>(
             m: usize,
             n: usize,
             k: usize,
@@ -716,7 +774,12 @@ mod fused {
             w: &[E],
             dy: &[E],
             want_dx: bool,
+            algorithm: ConvAlgorithm,
         ) -> (Option<Vec<E>>, Vec<E>, Vec<E>) {
+            if want_dx && super::super::winograd::applies(g, algorithm) {
+                let (_, dw, db) = backward(g, x, w, dy, false, ConvAlgorithm::Im2col);
+                return (Some(super::super::winograd::input_gradient(g, w, dy)), dw, db);
+            }
             let (k, per) = (g.k(), chunk(g.n));
             let mut dx = vec![E::default(); if want_dx { g.n * g.x_len() } else { 0 }];
             let tasks: Vec<(usize, Option<&mut [E]>)> = if want_dx {
@@ -785,14 +848,18 @@ mod tests {
         t.try_into_vec_as::<f64>().unwrap()
     }
 
-    /// `|a − b| ≤ tol·max(|b|, 1)` elementwise.
+    /// `|a − b| ≤ tol·max(|b|, max_j |b_j|, 1)` elementwise: relative to the quantity's largest
+    /// value, so that an f32 entry near zero, the sum of hundreds of products of order one
+    /// that cancel, is held to the rounding of its terms rather than of itself.
     fn assert_close(what: &str, a: &[f64], b: &[f64], tol: f64) {
         assert_eq!(a.len(), b.len(), "{what}: lengths");
+        let scale = b.iter().fold(1.0f64, |m, y| m.max(y.abs()));
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            let d = (x - y).abs() / y.abs().max(1.0);
+            let d = (x - y).abs() / y.abs().max(scale);
             assert!(d <= tol, "{what}[{i}]: {x} vs {y} (rel. diff {d:.2e} > {tol:.0e})");
         }
     }
+
 
     /// One convolution: input `[N, C, H, W]`, weight `[C', C, k_h, k_w]`, stride, padding
     /// `[(top, bottom), (left, right)]`, with a bias.
@@ -800,8 +867,11 @@ mod tests {
 
     /// The U-Net's three kinds (3×3 same, 3×3 stride 2, 1×1), and what they do not cover:
     /// asymmetric and no padding, non-square kernels and strides, a kernel as wide as the
-    /// padded input, more samples than backward tasks (17, unevenly split), one sample.
-    const CASES: [Case; 9] = [
+    /// padded input, more samples than backward tasks (17, unevenly split), one sample; for
+    /// Winograd (3×3 same): odd sides (partial tiles), 1×1 and 2×1 images, and samples split
+    /// over several chunks (300 tiles each, one sample per chunk); 64 → 32 channels, where
+    /// `Auto` picks Winograd.
+    const CASES: [Case; 13] = [
         ([2, 3, 7, 6], [4, 3, 3, 3], [1, 1], [(1, 1), (1, 1)], true),
         ([3, 4, 8, 7], [5, 4, 3, 3], [2, 2], [(1, 1), (1, 1)], true),
         ([2, 6, 5, 4], [3, 6, 1, 1], [1, 1], [(0, 0), (0, 0)], true),
@@ -811,6 +881,10 @@ mod tests {
         ([2, 3, 3, 3], [2, 3, 5, 5], [1, 1], [(1, 1), (1, 1)], true),
         ([17, 2, 5, 5], [3, 2, 3, 3], [1, 1], [(1, 1), (1, 1)], true),
         ([1, 1, 1, 1], [1, 1, 1, 1], [1, 1], [(0, 0), (0, 0)], true),
+        ([5, 2, 40, 30], [3, 2, 3, 3], [1, 1], [(1, 1), (1, 1)], true),
+        ([2, 3, 1, 1], [2, 3, 3, 3], [1, 1], [(1, 1), (1, 1)], false),
+        ([2, 2, 2, 1], [3, 2, 3, 3], [1, 1], [(1, 1), (1, 1)], true),
+        ([2, 64, 5, 6], [32, 64, 3, 3], [1, 1], [(1, 1), (1, 1)], true),
     ];
 
     /// Output and the gradients of `Σ v·out` w.r.t. x, the weight and the bias, from `f`, on
@@ -825,7 +899,8 @@ mod tests {
         let x = random(xs, 1, dtype, &dev).require_grad();
         let w = random(ws, 2, dtype, &dev).require_grad();
         let b = random([ws[0]], 3, dtype, &dev).require_grad();
-        let options = Conv2dOptions { stride, padding, fused: true };
+        let options =
+            Conv2dOptions { stride, padding, fused: true, algorithm: ConvAlgorithm::Auto };
         let out = f(x.clone(), w.clone(), with_bias.then(|| b.clone()), options);
         let v = random(out.dims(), 4, dtype, &dev);
         let grads = out.clone().mul(v).sum().backward();
@@ -842,20 +917,21 @@ mod tests {
     }
 
     fn fused_matches_stock(dtype: DType, tol: f64) {
-        for case in CASES {
+        let algorithms = [ConvAlgorithm::Auto, ConvAlgorithm::Im2col, ConvAlgorithm::Winograd];
+        for (case, algorithm) in CASES.iter().flat_map(|&c| algorithms.map(|a| (c, a))) {
             let fused = run(
                 |x, w, b, o| {
                     assert!(fused::applies(&x, &w, b.as_ref()), "the fused kernel runs");
-                    conv2d(x, w, b, o).unwrap()
+                    conv2d(x, w, b, o.with_algorithm(algorithm)).unwrap()
                 },
                 case,
                 dtype,
             );
             let reference = run(stock, case, dtype);
-            for ((name, got), want) in
-                ["output", "dx", "dw", "db"].iter().zip(&fused).zip(&reference)
-            {
-                assert_close(&format!("{case:?} {dtype:?} {name}"), got, want, tol);
+            let names = ["output", "dx", "dw", "db"];
+            for ((name, got), want) in names.iter().zip(&fused).zip(&reference) {
+                let what = format!("{case:?} {algorithm:?} {dtype:?} {name}");
+                assert_close(&what, got, want, tol);
             }
         }
     }
@@ -888,7 +964,8 @@ mod tests {
             values(random(ws, 2, DType::F64, &dev)),
             values(random([ws[0]], 3, DType::F64, &dev)),
         ];
-        let options = Conv2dOptions { stride, padding, fused: true };
+        let options =
+            Conv2dOptions { stride, padding, fused: true, algorithm: ConvAlgorithm::Auto };
         let out_shape =
             conv2d(Tensor::zeros(xs, &dev), Tensor::zeros(ws, &dev), None, options).unwrap().dims();
         let v = values(random(out_shape, 4, DType::F64, &dev));

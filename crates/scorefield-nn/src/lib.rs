@@ -33,7 +33,7 @@ pub mod train;
 pub mod unet;
 
 pub use classifier::{NoisyClassifierMlp, NoisyClassifierMlpConfig};
-pub use conv::{Conv2dFused, Conv2dOptions, ConvError, conv2d};
+pub use conv::{Conv2dFused, Conv2dOptions, ConvAlgorithm, ConvError, conv2d};
 pub use dual::Dual;
 pub use group_norm_silu::{GroupNormError, GroupNormSilu, GroupNormSiluOptions, group_norm_silu};
 pub use layers::DualForward;
