@@ -17,8 +17,9 @@
 //!   pairs), DDPM ancestral and DDIM on the driver, two runs on `ScoreMlp`, and
 //!   `PerSampleNoise` itself;
 //! - `fused ops`: `group_norm_silu` (GroupNorm + SiLU with a per-channel shift) and its
-//!   input, shift, γ and β gradients, and `conv2d` (stride 2, asymmetric padding) with its
-//!   input, weight and bias gradients: the fused kernels on flex, the fallbacks here;
+//!   input, shift, γ and β gradients, and `conv2d` (stride 2 with asymmetric padding, and a
+//!   3×3 same convolution through Winograd's algorithm) with its input, weight and bias
+//!   gradients: the fused kernels on flex, the fallbacks here;
 //! - `training`: one `Trainer` step (DSM on `ScoreMlp` and the U-Net, sliced score matching
 //!   through the dual layers): loss, per-sample losses, gradient norm, outputs after the step;
 //! - `checkpoint`: written on flex and read on the backend (and back), then one more step.
@@ -35,7 +36,7 @@
 //! | dual Linear, Conv2d, GroupNorm; `ScoreMlp` | 1e-4 | 1.7e-7 | 3.0e-7 |
 //! | `NcsnUnet` score and JVP | 1e-3 | 2.2e-5 | 2.7e-5 |
 //! | sampler runs | 1e-3 | 2.2e-5 | 6.4e-5 |
-//! | fused `group_norm_silu` and `conv2d` (flex kernels vs fallbacks): outputs and gradients | 1e-4 | 1.4e-6 | 1.4e-6 |
+//! | fused `group_norm_silu` and `conv2d` (flex kernels vs fallbacks): outputs and gradients | 1e-4 | 2.3e-6 | 2.3e-6 |
 //! | training step: loss, gradient norm, MLP outputs | 1e-4 | 5.4e-7 | 7.2e-7 |
 //! | training step: U-Net output after the step | 1e-3 | 8.9e-6 | 7.8e-6 |
 //! | checkpoint: outputs, next loss, gradient norm, weights | 1e-4 | 1.9e-8 | 1.9e-7 |
@@ -347,6 +348,12 @@ fn fused_ops(device: &Device) -> Vec<Quantity> {
     };
     let y = conv2d(cx.clone(), cw.clone(), Some(cb.clone()), options).unwrap();
     let cgrads = y.clone().mul(normal_tensor(y.dims(), 38, &device)).sum().backward();
+    // And a 3×3 same convolution through Winograd's algorithm on flex.
+    let wx = normal_tensor([2, 4, 7, 6], 39, &device).require_grad();
+    let ww = normal_tensor([3, 4, 3, 3], 40, &device).require_grad();
+    let winograd = Conv2dOptions::new(1, 1).with_algorithm(ConvAlgorithm::Winograd);
+    let wy = conv2d(wx.clone(), ww.clone(), None, winograd).unwrap();
+    let wgrads = wy.clone().mul(normal_tensor(wy.dims(), 41, &device)).sum().backward();
     vec![
         quantity("group_norm_silu output", REDUCED, values(out)),
         quantity("group_norm_silu input gradient", REDUCED, values(x.grad(&grads).unwrap())),
@@ -357,6 +364,9 @@ fn fused_ops(device: &Device) -> Vec<Quantity> {
         quantity("conv2d input gradient", REDUCED, values(cx.grad(&cgrads).unwrap())),
         quantity("conv2d weight gradient", REDUCED, values(cw.grad(&cgrads).unwrap())),
         quantity("conv2d bias gradient", REDUCED, values(cb.grad(&cgrads).unwrap())),
+        quantity("conv2d Winograd output", REDUCED, values(wy)),
+        quantity("conv2d Winograd input gradient", REDUCED, values(wx.grad(&wgrads).unwrap())),
+        quantity("conv2d Winograd weight gradient", REDUCED, values(ww.grad(&wgrads).unwrap())),
     ]
 }
 

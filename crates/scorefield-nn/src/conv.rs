@@ -860,7 +860,6 @@ mod tests {
         }
     }
 
-
     /// One convolution: input `[N, C, H, W]`, weight `[C', C, k_h, k_w]`, stride, padding
     /// `[(top, bottom), (left, right)]`, with a bias.
     type Case = ([usize; 4], [usize; 4], [usize; 2], [(usize, usize); 2], bool);
