@@ -19,7 +19,7 @@
 //! - `fused ops`: `group_norm_silu` (GroupNorm + SiLU with a per-channel shift) and its
 //!   input, shift, γ and β gradients, and `conv2d` (stride 2 with asymmetric padding, and a
 //!   3×3 same convolution through Winograd's algorithm) with its input, weight and bias
-//!   gradients: the fused kernels on flex, the fallbacks here;
+//!   gradients, and `silu` with its gradient: the fused kernels on flex, the fallbacks here;
 //! - `training`: one `Trainer` step (DSM on `ScoreMlp` and the U-Net, sliced score matching
 //!   through the dual layers): loss, per-sample losses, gradient norm, outputs after the step;
 //! - `checkpoint`: written on flex and read on the backend (and back), then one more step.
@@ -34,12 +34,12 @@
 //! | oracles | 1e-5 | 4.1e-7 | 7.2e-7 |
 //! | dual activations, concatenation, upsampling | 1e-5 | 3.1e-7 | 2.4e-7 |
 //! | dual Linear, Conv2d, GroupNorm; `ScoreMlp` | 1e-4 | 1.7e-7 | 3.0e-7 |
-//! | `NcsnUnet` score and JVP | 1e-3 | 2.2e-5 | 2.7e-5 |
+//! | `NcsnUnet` score and JVP | 1e-3 | 1.9e-5 | 2.7e-5 |
 //! | sampler runs | 1e-3 | 2.2e-5 | 6.4e-5 |
-//! | fused `group_norm_silu` and `conv2d` (flex kernels vs fallbacks): outputs and gradients | 1e-4 | 2.3e-6 | 2.3e-6 |
-//! | training step: loss, gradient norm, MLP outputs | 1e-4 | 5.4e-7 | 7.2e-7 |
-//! | training step: U-Net output after the step | 1e-3 | 8.9e-6 | 7.8e-6 |
-//! | checkpoint: outputs, next loss, gradient norm, weights | 1e-4 | 1.9e-8 | 1.9e-7 |
+//! | fused `group_norm_silu`, `conv2d`, `silu` (flex kernels vs fallbacks): outputs and gradients | 1e-4 | 2.3e-6 | 2.3e-6 |
+//! | training step: loss, gradient norm, MLP outputs | 1e-4 | 3.6e-7 | 3.6e-7 |
+//! | training step: U-Net output after the step | 1e-3 | 9.1e-6 | 9.1e-6 |
+//! | checkpoint: outputs, next loss, gradient norm, weights | 1e-4 | 2.7e-7 | 2.7e-7 |
 //! | `PerSampleNoise`; weights after a move or a checkpoint | 0 | 0 | 0 |
 //!
 //! A backend that cannot run fails these tests; nothing is skipped (wgpu without any adapter
@@ -60,7 +60,7 @@ use scorefield::analytic::{Gaussian, GaussianMixture};
 use scorefield::nn::{
     Conditioning, Conv2dOptions, ConvAlgorithm, Dual, DualForward, GroupNormSiluOptions, NcsnUnet,
     NcsnUnetConfig, ScoreMlp, ScoreMlpConfig, StepReport, Trainer, TrainerConfig, conv2d,
-    group_norm_silu,
+    group_norm_silu, silu::silu,
 };
 use scorefield::objective::{DenoisingScoreMatching, Projection, SlicedScoreMatching};
 use scorefield::sampler::{
@@ -354,6 +354,10 @@ fn fused_ops(device: &Device) -> Vec<Quantity> {
     let winograd = Conv2dOptions::new(1, 1).with_algorithm(ConvAlgorithm::Winograd);
     let wy = conv2d(wx.clone(), ww.clone(), None, winograd).unwrap();
     let wgrads = wy.clone().mul(normal_tensor(wy.dims(), 41, &device)).sum().backward();
+    // SiLU (fused on flex), on values covering both tails.
+    let sx = normal_tensor([7, 5], 42, &device).mul_scalar(4.0).require_grad();
+    let sy = silu(sx.clone());
+    let sgrads = sy.clone().mul(normal_tensor([7, 5], 43, &device)).sum().backward();
     vec![
         quantity("group_norm_silu output", REDUCED, values(out)),
         quantity("group_norm_silu input gradient", REDUCED, values(x.grad(&grads).unwrap())),
@@ -367,6 +371,8 @@ fn fused_ops(device: &Device) -> Vec<Quantity> {
         quantity("conv2d Winograd output", REDUCED, values(wy)),
         quantity("conv2d Winograd input gradient", REDUCED, values(wx.grad(&wgrads).unwrap())),
         quantity("conv2d Winograd weight gradient", REDUCED, values(ww.grad(&wgrads).unwrap())),
+        quantity("silu output", REDUCED, values(sy)),
+        quantity("silu gradient", REDUCED, values(sx.grad(&sgrads).unwrap())),
     ]
 }
 

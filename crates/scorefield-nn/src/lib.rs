@@ -15,6 +15,7 @@
 //!   backend (the `gemm` crate on each sample's im2col matrix), Burn's stock op elsewhere.
 //! - [`group_norm_silu`]: GroupNorm + SiLU (+ a per-channel shift), a fused kernel with a
 //!   hand-written backward on the flex backend, the composed ops elsewhere.
+//! - [`silu`]: SiLU and its gradient, one fused vectorised pass on flex.
 //! - [`train::Trainer`]: Adam with a learning-rate schedule (warm-up, then constant, cosine or
 //!   EDM2's inverse square root), global-norm clipping, an EMA of the weights, EDM2's post-hoc
 //!   EMA ([`train::reconstruct`]) and atomic checkpoints that resume bit for bit.
@@ -29,6 +30,7 @@ mod flex;
 pub mod group_norm_silu;
 pub mod layers;
 pub mod mlp;
+pub mod silu;
 pub mod train;
 pub mod unet;
 

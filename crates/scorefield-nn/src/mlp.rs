@@ -18,7 +18,9 @@
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
-use burn::tensor::activation::{silu, softplus};
+use burn::tensor::activation::softplus;
+
+use crate::silu::silu;
 use burn::tensor::{DType, Device, Tensor};
 use scorefield_core::condition::{ConditionalScoreModel, Labels};
 use scorefield_core::param::{ConditionalNetwork, Network, NetworkJvp};

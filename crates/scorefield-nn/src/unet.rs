@@ -25,13 +25,13 @@
 //! ([`NcsnUnet::forward_dual_given`]). Without a condition it refuses to score
 //! ([`ScoreModel::validate`]: [`Error::MissingCondition`](scorefield_core::Error)).
 
+use crate::silu::silu;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{
     Embedding, EmbeddingConfig, GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d,
 };
-use burn::tensor::activation::silu;
 use burn::tensor::{DType, Device, Tensor};
 use scorefield_core::condition::{ConditionalScoreModel, Labels};
 use scorefield_core::param::{ConditionalNetwork, Network, NetworkJvp};
