@@ -46,6 +46,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Burn's flex backend allocates every op's output; glibc's `malloc` hands large blocks back to
+/// the kernel on `free` and faults them in, zeroed, on the next op, while mimalloc reuses them
+/// (`docs/performance.md`: up to 1.9× on the MLP steps).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str, default: usize| {
