@@ -61,8 +61,8 @@ fn transform_weights<E: Real>(w: &[E], cout: usize, c: usize) -> Vec<E> {
     u
 }
 
-/// Scratch of one task: `V` (`[16, C, tiles]`), `M` (`[16, C', tiles]`) and one tile row's
-/// padded input rows and half-transformed values.
+/// Scratch of one task: `V` (`[16, C, tiles]`), `M` (`[16, C', tiles]`), one tile row's
+/// input rows split into even and odd columns, and its half-transformed values.
 #[derive(Default)]
 struct Scratch<E> {
     v: Vec<E>,
@@ -71,9 +71,20 @@ struct Scratch<E> {
     half: Vec<E>,
 }
 
+/// `out[b] = f(a[b], b_[b], c[b], d[b])` over four equal slices (a loop that vectorises).
+#[inline(always)]
+fn map4<E: Real>(out: &mut [E], a: &[E], b: &[E], c: &[E], d: &[E], f: impl Fn(E, E, E, E) -> E) {
+    let n = out.len();
+    let (a, b, c, d) = (&a[..n], &b[..n], &c[..n], &d[..n]);
+    for i in 0..n {
+        out[i] = f(a[i], b[i], c[i], d[i]);
+    }
+}
+
 /// The convolution of the samples `first..first + y.len()/(C'·H·W)` into `y`: the input
 /// transform into `V`, 16 products into `M`, the output transform. Both transforms run a tile
-/// row at a time with the tiles innermost, so that their loops vectorise.
+/// row at a time on whole rows of tiles (contiguous in `V` and `M`), so that their loops
+/// vectorise.
 #[inline(always)]
 fn chunk<E: Real>(
     g: &Geometry,
@@ -86,50 +97,58 @@ fn chunk<E: Real>(
 ) {
     let (h, w, c, cout) = (g.h, g.w, g.c, g.cout);
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
-    let (tiles, pw) = (th * tw, 2 * tw + 2);
+    let tiles = th * tw;
     let samples = y.len() / (cout * h * w);
     let nt = samples * tiles;
     let zero = E::default();
     sc.v.resize(16 * c * nt, zero);
     sc.m.resize(16 * cout * nt, zero);
-    sc.rows.resize(4 * pw, zero);
+    // Per input row r of a tile row: its even and odd padded columns, tw + 1 each.
+    sc.rows.resize(8 * (tw + 1), zero);
     sc.half.resize(16 * tw, zero);
     let (v, rows, half) = (&mut sc.v, &mut sc.rows, &mut sc.half);
     for s in 0..samples {
         let xn = &x[(first + s) * c * h * w..][..c * h * w];
         for (ci, plane) in xn.chunks_exact(h * w).enumerate() {
             for a in 0..th {
-                // The rows 2a − 1 .. 2a + 3 with a zero border: d of tile b is columns 2b .. 2b + 4.
-                for (r, row) in rows.chunks_exact_mut(pw).enumerate() {
-                    row.fill(zero);
+                // Input row 2a − 1 + r, padded: column j of the padded row is x[j − 1]; even
+                // columns e[k] = x[2k − 1], odd o[k] = x[2k], 0 outside.
+                for (r, eo) in rows.chunks_exact_mut(2 * (tw + 1)).enumerate() {
+                    let (e, o) = eo.split_at_mut(tw + 1);
+                    e.fill(zero);
+                    o.fill(zero);
                     let yy = (2 * a + r).wrapping_sub(1);
                     if yy < h {
-                        row[1..=w].copy_from_slice(&plane[yy * w..][..w]);
+                        for (j, &val) in plane[yy * w..][..w].iter().enumerate() {
+                            if j % 2 == 0 { o[j / 2] = val } else { e[j.div_ceil(2)] = val }
+                        }
                     }
                 }
-                // d·B along each row: half[(r, q)][b].
-                for (r, row) in rows.chunks_exact(pw).enumerate() {
+                // d·B along each row, d = (e[b], o[b], e[b+1], o[b+1]): half[(r, q)][b].
+                for (r, eo) in rows.chunks_exact(2 * (tw + 1)).enumerate() {
+                    let (e, o) = eo.split_at(tw + 1);
+                    let (e0, o0, e1, o1) = (&e[..tw], &o[..tw], &e[1..], &o[1..]);
                     let hr = &mut half[r * 4 * tw..][..4 * tw];
-                    for bb in 0..tw {
-                        let d = &row[2 * bb..2 * bb + 4];
-                        hr[bb] = d[0] - d[2];
-                        hr[tw + bb] = d[1] + d[2];
-                        hr[2 * tw + bb] = d[2] - d[1];
-                        hr[3 * tw + bb] = d[1] - d[3];
-                    }
+                    let (h01, h23) = hr.split_at_mut(2 * tw);
+                    let ((q0, q1), (q2, q3)) = (h01.split_at_mut(tw), h23.split_at_mut(tw));
+                    map4(q0, e0, o0, e1, o1, |d0, _, d2, _| d0 - d2);
+                    map4(q1, e0, o0, e1, o1, |_, d1, d2, _| d1 + d2);
+                    map4(q2, e0, o0, e1, o1, |_, d1, d2, _| d2 - d1);
+                    map4(q3, e0, o0, e1, o1, |_, d1, _, d3| d1 - d3);
                 }
-                // Bᵀ·(d·B) down the columns, written to V's contiguous run of this tile row.
+                // Bᵀ·(d·B) down the columns, into V's contiguous run of this tile row.
                 let col = s * tiles + a * tw;
                 for q in 0..4 {
                     let hq = |r: usize| &half[(r * 4 + q) * tw..][..tw];
                     let (h0, h1, h2, h3) = (hq(0), hq(1), hq(2), hq(3));
-                    let at = |r: usize| ((r * 4 + q) * c + ci) * nt + col;
-                    let (o0, o1, o2, o3) = (at(0), at(1), at(2), at(3));
-                    for bb in 0..tw {
-                        v[o0 + bb] = h0[bb] - h2[bb];
-                        v[o1 + bb] = h1[bb] + h2[bb];
-                        v[o2 + bb] = h2[bb] - h1[bb];
-                        v[o3 + bb] = h1[bb] - h3[bb];
+                    for r in 0..4 {
+                        let out = &mut v[((r * 4 + q) * c + ci) * nt + col..][..tw];
+                        match r {
+                            0 => map4(out, h0, h1, h2, h3, |a, _, c, _| a - c),
+                            1 => map4(out, h0, h1, h2, h3, |_, b, c, _| b + c),
+                            2 => map4(out, h0, h1, h2, h3, |_, b, c, _| c - b),
+                            _ => map4(out, h0, h1, h2, h3, |_, b, _, d| b - d),
+                        }
                     }
                 }
             }
@@ -140,7 +159,7 @@ fn chunk<E: Real>(
         let mxi = &mut sc.m[xi * cout * nt..][..cout * nt];
         matmul(cout, nt, c, mxi, false, (uxi, c, 1), (vxi, nt, 1));
     }
-    let (m, out) = (&sc.m, &mut sc.rows);
+    let m = &sc.m;
     for (s, ys) in y.chunks_exact_mut(cout * h * w).enumerate() {
         for (co, plane) in ys.chunks_exact_mut(h * w).enumerate() {
             let bias = b.map_or(zero, |b| b[co]);
@@ -151,12 +170,11 @@ fn chunk<E: Real>(
                     let mr = |r: usize| &m[((r * 4 + q) * cout + co) * nt + col..][..tw];
                     let (m0, m1, m2, m3) = (mr(0), mr(1), mr(2), mr(3));
                     let (top, bottom) = half[q * tw..].split_at_mut(4 * tw);
-                    for bb in 0..tw {
-                        top[bb] = m0[bb] + m1[bb] + m2[bb];
-                        bottom[bb] = m1[bb] - m2[bb] - m3[bb];
-                    }
+                    map4(&mut top[..tw], m0, m1, m2, m3, |a, b, c, _| a + b + c);
+                    map4(&mut bottom[..tw], m0, m1, m2, m3, |_, b, c, d| b - c - d);
                 }
-                // (Aᵀ·M)·A along the rows, into the output rows 2a and 2a + 1.
+                // (Aᵀ·M)·A along the rows, into the output rows 2a and 2a + 1: even columns
+                // from one combination, odd from the other.
                 for i in 0..2 {
                     let yy = 2 * a + i;
                     if yy >= h {
@@ -164,12 +182,12 @@ fn chunk<E: Real>(
                     }
                     let hq = |q: usize| &half[(i * 4 + q) * tw..][..tw];
                     let (h0, h1, h2, h3) = (hq(0), hq(1), hq(2), hq(3));
-                    let row = &mut out[..2 * tw];
-                    for bb in 0..tw {
-                        row[2 * bb] = h0[bb] + h1[bb] + h2[bb] + bias;
-                        row[2 * bb + 1] = h1[bb] - h2[bb] - h3[bb] + bias;
+                    let (even, odd) = rows.split_at_mut(tw);
+                    map4(even, h0, h1, h2, h3, |a, b, c, _| a + b + c + bias);
+                    map4(&mut odd[..tw], h0, h1, h2, h3, |_, b, c, d| b - c - d + bias);
+                    for (j, o) in plane[yy * w..][..w].iter_mut().enumerate() {
+                        *o = if j % 2 == 0 { even[j / 2] } else { odd[j / 2] };
                     }
-                    plane[yy * w..][..w].copy_from_slice(&row[..w]);
                 }
             }
         }
