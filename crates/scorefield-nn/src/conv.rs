@@ -825,28 +825,9 @@ mod fused {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::device;
+    use crate::testing::{device, random, values};
     use burn::nn::conv::Conv2dConfig;
-    use burn::tensor::{DType, Device, TensorData};
-    use rand::SeedableRng;
-    use rand::rngs::StdRng;
-    use rand_distr::{Distribution, StandardNormal};
-
-    fn random<const D: usize>(
-        shape: [usize; D],
-        seed: u64,
-        dtype: DType,
-        dev: &Device,
-    ) -> Tensor<D> {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let n = shape.iter().product();
-        let v: Vec<f64> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
-        Tensor::from_data(TensorData::new(v, shape), (dev, dtype))
-    }
-
-    fn values<const D: usize>(t: Tensor<D>) -> Vec<f64> {
-        t.try_into_vec_as::<f64>().unwrap()
-    }
+    use burn::tensor::{DType, TensorData};
 
     /// `|a − b| ≤ tol·max(|b|, max_j |b_j|, 1)` elementwise: relative to the quantity's largest
     /// value, so that an f32 entry near zero, the sum of hundreds of products of order one

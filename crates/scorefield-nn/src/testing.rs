@@ -1,6 +1,6 @@
 //! Test helpers: an f64 flex device and central-difference JVP checks.
 
-use burn::tensor::{Device, FloatDType, Tensor, TensorData};
+use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
@@ -39,4 +39,22 @@ pub fn assert_jvp<const DI: usize, const DO: usize>(
     for (a, b) in jvp.iter().zip(&fd) {
         assert!((a - b).abs() <= 1e-4 * scale, "jvp {a} vs finite difference {b} (scale {scale})");
     }
+}
+
+/// A tensor of standard normal values of float type `dtype` on `dev` (with or without autodiff).
+pub fn random<const D: usize>(
+    shape: [usize; D],
+    seed: u64,
+    dtype: DType,
+    dev: &Device,
+) -> Tensor<D> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
+    Tensor::from_data(TensorData::new(v, shape), (dev, dtype))
+}
+
+/// A tensor's values as f64.
+pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f64> {
+    t.try_into_vec_as::<f64>().unwrap()
 }
