@@ -32,7 +32,7 @@
 //!
 //! On Burn's `flex` backend the networks run fused kernels for their convolutions
 //! ([`nn::conv`], Winograd's algorithm for the wide 3×3 ones), GroupNorm + SiLU
-//! ([`nn::group_norm_silu`]) and SiLU ([`nn::silu`]), each with a hand-written backward.
+//! ([`mod@nn::group_norm_silu`]) and SiLU ([`mod@nn::silu`]), each with a hand-written backward.
 //! Burn allocates every op's output, and glibc's `malloc` returns large blocks to the kernel
 //! and faults them in again zeroed: a binary that makes `mimalloc::MiMalloc` its
 //! `#[global_allocator]`, as this repository's examples and benches do, trains and samples the

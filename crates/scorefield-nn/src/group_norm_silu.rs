@@ -28,7 +28,7 @@
 //! forward keeps `x`, `a`, `γ`, `β` and the `2·N·G` statistics for the backward, not `y`.
 //!
 //! Every other backend (ndarray, wgpu and the other CubeCL runtimes, libtorch), other float
-//! types (f16, bf16) and builds without the `flex` feature run [`group_norm_silu_composed`],
+//! types (f16, bf16) and builds without the `flex` feature run the composed fallback,
 //! the same equations written with stock tensor ops (burn-nn's `group_norm` then `silu`), which
 //! autodiff differentiates as usual. The routing is by the device of `x` in
 //! [`group_norm_silu`], not by the extension macro: the macro's generated dispatch panics on a

@@ -13,7 +13,7 @@
 //!   guidance.
 //! - [`conv`]: 2-D convolution with its two gradients, one sample per task on the flex
 //!   backend (the `gemm` crate on each sample's im2col matrix), Burn's stock op elsewhere.
-//! - [`group_norm_silu`]: GroupNorm + SiLU (+ a per-channel shift), a fused kernel with a
+//! - [`mod@group_norm_silu`]: GroupNorm + SiLU (+ a per-channel shift), a fused kernel with a
 //!   hand-written backward on the flex backend, the composed ops elsewhere.
 //! - [`silu`]: SiLU and its gradient, one fused vectorised pass on flex.
 //! - [`train::Trainer`]: Adam with a learning-rate schedule (warm-up, then constant, cosine or

@@ -15,7 +15,7 @@
 //! where `skip` is a 1×1 convolution when `cin ≠ cout` and the identity otherwise. Every
 //! layer has a [`DualForward`] pass, so [`ScoreJvp`] is exact. The plain forward (training by
 //! DSM, sampling) runs each `SiLU(GN(·))`, with the embedding bias added inside the second one
-//! of a block, as one fused op ([`crate::group_norm_silu`]); the dual pass composes them.
+//! of a block, as one fused op ([`mod@crate::group_norm_silu`]); the dual pass composes them.
 //! Every convolution, in both passes, runs [`crate::conv`]'s kernel on flex.
 //!
 //! **Class-conditional** (`classes = K > 0`): `e = e(σ) + E[y]` with a learnt embedding `E` of

@@ -14,7 +14,7 @@
 //!
 //! The levels are the noise levels of any [`NoiseSchedule`] at a list of times, largest noise
 //! first; σ_i is the schedule's `σ(tᵢ)` and the model is conditioned on its full
-//! [`NoiseLevel`]. For NCSN's [`GeometricSigmas`], [`AnnealedLangevin::ncsn`] takes every level
+//! [`NoiseLevel`](crate::NoiseLevel). For NCSN's [`GeometricSigmas`], [`AnnealedLangevin::ncsn`] takes every level
 //! (`tᵢ = time_of_level(i)`). For a schedule with `m(t) ≠ 1` each level samples the scaled
 //! marginal `pₜ`, and the final step is Tweedie's `(x + σ_L²·s)/m_L`.
 

@@ -45,7 +45,7 @@ impl Default for DpmSolverPp2MSde {
 }
 
 impl DpmSolverPp2MSde {
-    /// Errors with [`Error::InvalidParameter`] unless `η ≥ 0` and `S_noise > 0`, finite.
+    /// Errors with [`Error::InvalidParameter`](crate::Error::InvalidParameter) unless `η ≥ 0` and `S_noise > 0`, finite.
     pub fn new(eta: f64, noise: f64, solver: SdeSolverType) -> Result<Self> {
         ensure_non_negative("eta", eta)?;
         Ok(DpmSolverPp2MSde { eta, noise: ensure_positive("s_noise", noise)?, solver })

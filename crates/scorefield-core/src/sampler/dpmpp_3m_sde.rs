@@ -47,7 +47,7 @@ impl Default for DpmSolverPp3MSde {
 }
 
 impl DpmSolverPp3MSde {
-    /// Errors with [`Error::InvalidParameter`] unless `η ≥ 0` and `S_noise > 0`, finite.
+    /// Errors with [`Error::InvalidParameter`](crate::Error::InvalidParameter) unless `η ≥ 0` and `S_noise > 0`, finite.
     pub fn new(eta: f64, noise: f64) -> Result<Self> {
         ensure_non_negative("eta", eta)?;
         Ok(DpmSolverPp3MSde { eta, noise: ensure_positive("s_noise", noise)?, taylor: false })

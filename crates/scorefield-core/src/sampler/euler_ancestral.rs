@@ -38,7 +38,7 @@ impl Default for EulerAncestral {
 }
 
 impl EulerAncestral {
-    /// Errors with [`Error::InvalidParameter`] unless `η ≥ 0` and `S_noise > 0`, finite.
+    /// Errors with [`Error::InvalidParameter`](crate::Error::InvalidParameter) unless `η ≥ 0` and `S_noise > 0`, finite.
     pub fn new(eta: f64, noise: f64) -> Result<Self> {
         ensure_non_negative("eta", eta)?;
         Ok(EulerAncestral { eta, noise: ensure_positive("s_noise", noise)?, clip: None })
@@ -47,7 +47,7 @@ impl EulerAncestral {
     /// The same step with the denoised estimate clipped to `[lo, hi]` (DDIM's and DDPM's
     /// clipping of `x̂₀`).
     ///
-    /// Errors with [`Error::InvalidParameter`] unless `lo < hi`, both finite.
+    /// Errors with [`Error::InvalidParameter`](crate::Error::InvalidParameter) unless `lo < hi`, both finite.
     pub fn with_clip(self, lo: f64, hi: f64) -> Result<Self> {
         Ok(EulerAncestral { clip: Some(clip_range(lo, hi)?), ..self })
     }

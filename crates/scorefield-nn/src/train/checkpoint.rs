@@ -323,7 +323,7 @@ impl<M: Module> Trainer<M> {
     /// and returns the new checkpoint's path. Atomic: `dir/LATEST` names the previous
     /// checkpoint until the new one is complete on disk, then the new one, and only then are
     /// older checkpoints (and partial ones left by a crash) deleted. See the
-    /// [module docs](self) for the layout.
+    /// module docs for the layout.
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<PathBuf, CheckpointError> {
         let dir = dir.as_ref();
         fs::create_dir_all(dir).map_err(io_error(dir))?;

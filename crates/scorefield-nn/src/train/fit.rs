@@ -116,7 +116,7 @@ where
 impl<M: Module> Trainer<M> {
     /// Trains until `self.steps() == until` (the total, so a resumed run ends where the
     /// uninterrupted one would), drawing each batch with `batch(&mut trainer.batch_rng())`
-    /// and calling every callback after each step (see the [module docs](self)). A batch is
+    /// and calling every callback after each step (see the module docs). A batch is
     /// a data tensor, or a data tensor with a condition per sample ([`TrainBatch`]; draw the
     /// label dropout of classifier-free training from the same generator).
     ///

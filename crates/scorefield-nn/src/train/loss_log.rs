@@ -35,7 +35,7 @@ pub struct LossLog {
 
 impl LossLog {
     /// A log binned by the noise levels `levels` (e.g. `GeometricSigmas::sigmas()`); an empty
-    /// slice keeps only the overall mean. Errors with [`Error::InvalidParameter`] unless every
+    /// slice keeps only the overall mean. Errors with [`Error::InvalidParameter`](scorefield_core::Error::InvalidParameter) unless every
     /// level is finite and positive.
     pub fn new(levels: &[f64]) -> scorefield_core::Result<Self> {
         for &sigma in levels {

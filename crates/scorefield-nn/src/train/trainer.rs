@@ -186,7 +186,7 @@ pub struct StepReport {
 
 /// A score model under training: the model (on an autodiff device), its EMA and post-hoc EMA
 /// profiles (outside autodiff), Adam's state, the learning-rate schedule, the step counter
-/// and the seed. See the [module docs](self).
+/// and the seed. See the module docs.
 ///
 /// `M` is any Burn [`Module`]; [`Trainer::step`] needs an [`Objective`] over it, which for
 /// the objectives of `scorefield_core` means that `M` is a
@@ -376,7 +376,7 @@ impl<M: Module> Trainer<M> {
         StdRng::seed_from_u64(stream_seed(self.config.seed, self.step, BATCH_STREAM))
     }
 
-    /// One optimisation step on `batch` (see the [module docs](self) for the update): a data
+    /// One optimisation step on `batch` (see the module docs for the update): a data
     /// batch `x₀` for an [`Objective`], or `(x₀, y)` with a condition per sample for a
     /// [`ConditionalObjective`] ([`TrainBatch`]). Returns the loss, the per-sample losses and
     /// their noise levels.
