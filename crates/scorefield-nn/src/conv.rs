@@ -39,7 +39,7 @@ use burn::tensor::ops::ConvOptions;
 use thiserror::Error;
 
 #[cfg(feature = "flex")]
-pub use fused::{ConvBias, FusedConv2dBackend, FusedConv2dInputs};
+pub use fused::{FusedConv2dBackend, FusedConv2dInputs};
 
 /// A convolution that [`conv2d`] cannot compute.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -217,21 +217,11 @@ mod fused {
     use burn::tensor::{DType, Tensor};
 
     use super::{Conv2dOptions, winograd};
-    use crate::flex::{flex_tensor, on_flex_in};
+    use crate::flex::{OptionalTensor, flex_tensor, on_flex_in};
     use kernel::Geometry;
 
     /// The flex tensor primitive.
     type FlexTensor = FloatTensor<Flex>;
-
-    /// The optional bias of [`FusedConv2dInputs`] (an enum, as `group_norm_silu`'s `Shift`:
-    /// Burn 0.22.1's macro does not unwrap an `Option` of dispatch tensors).
-    #[derive(ExtensionType)]
-    pub enum ConvBias<B: Backend> {
-        /// Add this `[C']` tensor to every output plane.
-        Add(FloatTensor<B>),
-        /// No bias.
-        Zero,
-    }
 
     /// The tensors of [`FusedConv2dBackend::fused_conv2d`], shapes already validated: `x`
     /// `[N, C, H, W]`, `weight` `[C', C, k_h, k_w]`, the bias `[C']`, one float type (f32 or
@@ -244,7 +234,7 @@ mod fused {
         pub weight: FloatTensor<B>,
         /// The bias.
         #[extension_type]
-        pub bias: ConvBias<B>,
+        pub bias: OptionalTensor<B>,
     }
 
     /// The convolution as a Burn backend extension: implemented by `Flex` (the forward kernel)
@@ -279,7 +269,7 @@ mod fused {
         let inputs = FusedConv2dInputs {
             x: x.into_dispatch(),
             weight: weight.into_dispatch(),
-            bias: bias.map_or(ConvBias::Zero, |b| ConvBias::Add(b.into_dispatch())),
+            bias: OptionalTensor::from_option(bias.map(|b| b.into_dispatch())),
         };
         Tensor::from_dispatch(<Dispatch as FusedConv2dBackend>::fused_conv2d(inputs, options))
     }
@@ -287,11 +277,7 @@ mod fused {
     impl FusedConv2dBackend for Flex {
         fn fused_conv2d(inputs: FusedConv2dInputs<Self>, options: Conv2dOptions) -> FlexTensor {
             let FusedConv2dInputs { x, weight, bias } = inputs;
-            let bias = match bias {
-                ConvBias::Add(b) => Some(b),
-                ConvBias::Zero => None,
-            };
-            forward(&x, &weight, bias.as_ref(), options)
+            forward(&x, &weight, bias.into_option().as_ref(), options)
         }
     }
 
@@ -301,15 +287,8 @@ mod fused {
             options: Conv2dOptions,
         ) -> FloatTensor<Self> {
             let FusedConv2dInputs { x, weight, bias } = inputs;
-            // Without a bias its parent is an untracked constant that the kernel never reads,
-            // so that one backward step with three parents serves both cases.
-            let (bias, absent) = match bias {
-                ConvBias::Add(b) => (b, false),
-                ConvBias::Zero => {
-                    let c = weight.primitive().layout().shape().dims::<4>()[0];
-                    (FloatTensor::<Self>::new(flex_tensor(vec![0.0f32; c], &[c])), true)
-                }
-            };
+            let c = weight.primitive().layout().shape().dims::<4>()[0];
+            let (bias, absent) = bias.or_untracked_zeros(&[c]);
             let prep = Conv2dBackward
                 .prepare::<C>([x.node(), weight.node(), bias.node()])
                 .compute_bound()

@@ -1,9 +1,54 @@
 //! What the fused kernels ([`crate::group_norm_silu`], [`crate::conv`]) share: whether a call
 //! can take the flex kernel, and flex tensors from vectors.
 
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{DispatchDevice, Flex};
+use burn::backend::{Autodiff, Backend, DispatchDevice, ExtensionType, Flex};
 use burn::tensor::{DType, Device, TensorData};
+
+/// An optional tensor among a fused op's inputs (`group_norm_silu`'s shift, `conv2d`'s bias):
+/// an enum rather than an `Option`, which Burn 0.22.1's `#[backend_extension]` passes through
+/// without unwrapping its dispatch tensor (a type error in the generated code).
+#[derive(ExtensionType)]
+pub enum OptionalTensor<B: Backend> {
+    /// The tensor.
+    Present(FloatTensor<B>),
+    /// No tensor.
+    Absent,
+}
+
+impl<B: Backend> OptionalTensor<B> {
+    /// From an `Option`.
+    pub(crate) fn from_option(tensor: Option<FloatTensor<B>>) -> Self {
+        tensor.map_or(OptionalTensor::Absent, OptionalTensor::Present)
+    }
+
+    /// Into an `Option`.
+    pub(crate) fn into_option(self) -> Option<FloatTensor<B>> {
+        match self {
+            OptionalTensor::Present(t) => Some(t),
+            OptionalTensor::Absent => None,
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> OptionalTensor<Autodiff<Flex, C>> {
+    /// The tensor and `false`, or, when absent, `true` and an untracked constant of zeros in
+    /// `shape`, a parent of the op's backward step that its kernel never reads: one backward
+    /// step with a fixed number of parents then serves both cases.
+    pub(crate) fn or_untracked_zeros(
+        self,
+        shape: &[usize],
+    ) -> (FloatTensor<Autodiff<Flex, C>>, bool) {
+        match self {
+            OptionalTensor::Present(t) => (t, false),
+            OptionalTensor::Absent => {
+                let zeros = vec![0.0f32; shape.iter().product()];
+                (FloatTensor::<Autodiff<Flex, C>>::new(flex_tensor(zeros, shape)), true)
+            }
+        }
+    }
+}
 
 /// Whether the first tensor (`dtype` on `device`) and every other one live on flex (with or
 /// without autodiff) in one float type that has a kernel (f32, f64).

@@ -41,7 +41,7 @@ use burn::tensor::activation::silu;
 use thiserror::Error;
 
 #[cfg(feature = "flex")]
-pub use fused::{GroupNormSiluBackend, GroupNormSiluInputs, Shift};
+pub use fused::{GroupNormSiluBackend, GroupNormSiluInputs};
 
 /// A shape that [`group_norm_silu`] cannot normalise.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -228,21 +228,10 @@ mod fused {
     use burn::tensor::{DType, Tensor};
 
     use super::{Args, GroupNormSiluOptions};
-    use crate::flex::{flex_tensor as tensor, on_flex_in};
+    use crate::flex::{OptionalTensor, flex_tensor as tensor, on_flex_in};
 
     /// The flex tensor primitive.
     type FlexTensor = FloatTensor<Flex>;
-
-    /// The optional shift of [`GroupNormSiluInputs`]: an enum rather than an `Option`, which
-    /// Burn 0.22.1's `#[backend_extension]` passes through without unwrapping its dispatch
-    /// tensor (a type error in the generated code).
-    #[derive(ExtensionType)]
-    pub enum Shift<B: Backend> {
-        /// Add this `[N, C]` tensor before normalising.
-        Add(FloatTensor<B>),
-        /// No shift.
-        Zero,
-    }
 
     /// The tensors of [`GroupNormSiluBackend::group_norm_silu`], shapes already validated: `x`
     /// `[N, C, H, W]`, the shift `[N, C]`, `gamma` and `beta` `[C]`, all of one float type (f32
@@ -253,7 +242,7 @@ mod fused {
         pub x: FloatTensor<B>,
         /// The per-channel shift added before normalising.
         #[extension_type]
-        pub shift: Shift<B>,
+        pub shift: OptionalTensor<B>,
         /// The scale `γ`.
         pub gamma: FloatTensor<B>,
         /// The offset `β`.
@@ -290,7 +279,7 @@ mod fused {
         let Args { x, shift, gamma, beta } = args;
         let inputs = GroupNormSiluInputs {
             x: x.into_dispatch(),
-            shift: shift.map_or(Shift::Zero, |a| Shift::Add(a.into_dispatch())),
+            shift: OptionalTensor::from_option(shift.map(|a| a.into_dispatch())),
             gamma: gamma.into_dispatch(),
             beta: beta.into_dispatch(),
         };
@@ -303,11 +292,7 @@ mod fused {
             options: GroupNormSiluOptions,
         ) -> FlexTensor {
             let GroupNormSiluInputs { x, shift, gamma, beta } = inputs;
-            let shift = match shift {
-                Shift::Add(a) => Some(a),
-                Shift::Zero => None,
-            };
-            forward(&Inputs { x, shift, gamma, beta, options }).0
+            forward(&Inputs { x, shift: shift.into_option(), gamma, beta, options }).0
         }
     }
 
@@ -317,15 +302,8 @@ mod fused {
             options: GroupNormSiluOptions,
         ) -> FloatTensor<Self> {
             let GroupNormSiluInputs { x, shift, gamma, beta } = inputs;
-            // Without a shift its parent is an untracked constant (never read: the kernel sees
-            // `None`), so that one backward step with four parents serves both cases.
-            let (shift, absent) = match shift {
-                Shift::Add(a) => (a, false),
-                Shift::Zero => {
-                    let [n, c, _, _] = x.primitive().layout().shape().dims::<4>();
-                    (FloatTensor::<Self>::new(tensor(vec![0.0f32; n * c], &[n, c])), true)
-                }
-            };
+            let [n, c, _, _] = x.primitive().layout().shape().dims::<4>();
+            let (shift, absent) = shift.or_untracked_zeros(&[n, c]);
             let prep = GroupNormSiluBackward
                 .prepare::<C>([x.node(), shift.node(), gamma.node(), beta.node()])
                 .compute_bound()

@@ -37,6 +37,8 @@ pub mod unet;
 pub use classifier::{NoisyClassifierMlp, NoisyClassifierMlpConfig};
 pub use conv::{Conv2dFused, Conv2dOptions, ConvAlgorithm, ConvError, conv2d};
 pub use dual::Dual;
+#[cfg(feature = "flex")]
+pub use flex::OptionalTensor;
 pub use group_norm_silu::{GroupNormError, GroupNormSilu, GroupNormSiluOptions, group_norm_silu};
 pub use layers::DualForward;
 pub use mlp::{Activation, Conditioning, ScoreMlp, ScoreMlpConfig};
