@@ -426,37 +426,7 @@ mod fused {
         use rayon::prelude::*;
 
         use crate::conv::ConvAlgorithm;
-
-        /// f32 or f64.
-        pub(in crate::conv) trait Real:
-            Copy
-            + Send
-            + Sync
-            + 'static
-            + Default
-            + Into<f64>
-            + core::ops::AddAssign
-            + core::ops::Add<Output = Self>
-            + core::ops::Sub<Output = Self>
-            + core::ops::Mul<Output = Self>
-        {
-            const ONE: Self;
-            fn of(v: f64) -> Self;
-        }
-
-        impl Real for f32 {
-            const ONE: f32 = 1.0;
-            fn of(v: f64) -> f32 {
-                v as f32
-            }
-        }
-
-        impl Real for f64 {
-            const ONE: f64 = 1.0;
-            fn of(v: f64) -> f64 {
-                v
-            }
-        }
+        use crate::flex::Real;
 
         /// The shape of one call (see the module docs for the symbols).
         #[derive(Clone, Copy, Debug)]

@@ -113,6 +113,53 @@ macro_rules! avx2_twin {
 }
 pub(crate) use avx2_twin;
 
+/// f32 or f64: the arithmetic the fused kernels need, generic over both.
+pub(crate) trait Real:
+    Copy
+    + Send
+    + Sync
+    + 'static
+    + Default
+    + Into<f64>
+    + core::ops::AddAssign
+    + core::ops::Add<Output = Self>
+    + core::ops::Sub<Output = Self>
+    + core::ops::Mul<Output = Self>
+    + core::ops::Div<Output = Self>
+    + core::ops::Neg<Output = Self>
+{
+    /// 1.
+    const ONE: Self;
+    /// `v` rounded to this type.
+    fn of(v: f64) -> Self;
+    /// `eˣ`: [`exp_f32`] for f32 (vectorises), `f64::exp` for f64.
+    fn exp(self) -> Self;
+}
+
+impl Real for f32 {
+    const ONE: f32 = 1.0;
+    #[inline(always)]
+    fn of(v: f64) -> f32 {
+        v as f32
+    }
+    #[inline(always)]
+    fn exp(self) -> f32 {
+        exp_f32(self)
+    }
+}
+
+impl Real for f64 {
+    const ONE: f64 = 1.0;
+    #[inline(always)]
+    fn of(v: f64) -> f64 {
+        v
+    }
+    #[inline(always)]
+    fn exp(self) -> f64 {
+        f64::exp(self)
+    }
+}
+
 /// `eˣ` in f32 without a libm call, so that the loops calling it vectorise: Cephes'
 /// `expf` (`x = n·ln 2 + r`, `|r| ≤ ln 2/2`, a degree-6 polynomial for `eʳ`, `2ⁿ`
 /// built in the exponent bits), branch-free, within 2 ulp of `f32::exp` for `x` in

@@ -474,44 +474,7 @@ mod fused {
         use rayon::prelude::*;
 
         use super::{Dims, GroupNormSiluOptions};
-        use crate::flex::exp_f32;
-
-        /// f32 or f64: the arithmetic the kernels need.
-        pub(super) trait Real:
-            Copy
-            + Send
-            + Sync
-            + Into<f64>
-            + core::ops::Add<Output = Self>
-            + core::ops::Sub<Output = Self>
-            + core::ops::Mul<Output = Self>
-            + core::ops::Div<Output = Self>
-            + core::ops::Neg<Output = Self>
-        {
-            const ONE: Self;
-            fn of(v: f64) -> Self;
-            fn exp(self) -> Self;
-        }
-
-        impl Real for f32 {
-            const ONE: f32 = 1.0;
-            fn of(v: f64) -> f32 {
-                v as f32
-            }
-            fn exp(self) -> f32 {
-                exp_f32(self)
-            }
-        }
-
-        impl Real for f64 {
-            const ONE: f64 = 1.0;
-            fn of(v: f64) -> f64 {
-                v
-            }
-            fn exp(self) -> f64 {
-                f64::exp(self)
-            }
-        }
+        use crate::flex::Real;
 
         const LANES: usize = 8;
 

@@ -42,7 +42,7 @@ mod fused {
     use burn::tensor::DType;
     use rayon::prelude::*;
 
-    use crate::flex::{exp_f32, flex_tensor};
+    use crate::flex::{Real, flex_tensor};
 
     /// The flex tensor primitive.
     type FlexTensor = FloatTensor<Flex>;
@@ -106,38 +106,6 @@ mod fused {
                 flex_tensor(out, &shape)
             }
             other => unreachable!("silu: no fused kernel for {other:?}"),
-        }
-    }
-
-    /// f32 or f64.
-    trait Real:
-        Copy
-        + Send
-        + Sync
-        + Default
-        + core::ops::Add<Output = Self>
-        + core::ops::Sub<Output = Self>
-        + core::ops::Mul<Output = Self>
-        + core::ops::Div<Output = Self>
-        + core::ops::Neg<Output = Self>
-    {
-        const ONE: Self;
-        fn exp(self) -> Self;
-    }
-
-    impl Real for f32 {
-        const ONE: f32 = 1.0;
-        #[inline(always)]
-        fn exp(self) -> f32 {
-            exp_f32(self)
-        }
-    }
-
-    impl Real for f64 {
-        const ONE: f64 = 1.0;
-        #[inline(always)]
-        fn exp(self) -> f64 {
-            f64::exp(self)
         }
     }
 

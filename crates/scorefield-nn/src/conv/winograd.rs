@@ -23,7 +23,8 @@
 use rayon::prelude::*;
 
 use super::ConvAlgorithm;
-use super::fused::kernel::{Geometry, Real, matmul};
+use super::fused::kernel::{Geometry, matmul};
+use crate::flex::Real;
 
 /// Whether `algorithm` runs Winograd for this convolution: a 3×3 of stride 1 with one pixel of
 /// padding on every side, and for [`ConvAlgorithm::Auto`] at least 2,048 channel pairs.
