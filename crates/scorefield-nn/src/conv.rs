@@ -655,8 +655,7 @@ mod fused {
             b: Option<&[E]>,
             y: &mut [E],
         ) {
-            let xs = x.chunks_exact(g.x_len()).collect::<Vec<_>>();
-            y.par_chunks_exact_mut(g.y_len()).zip(xs).for_each_init(
+            y.par_chunks_exact_mut(g.y_len()).zip(x.par_chunks_exact(g.x_len())).for_each_init(
                 || vec![E::default(); g.col_len()],
                 |col, (y, x)| forward_sample_dispatch(g, x, w, b, col, y),
             );
