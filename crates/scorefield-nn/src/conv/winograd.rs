@@ -63,7 +63,8 @@ fn transform_weights<E: Real>(w: &[E], cout: usize, c: usize) -> Vec<E> {
 }
 
 /// Scratch of one task: `V` (`[16, C, tiles]`), `M` (`[16, C', tiles]`), one tile row's
-/// input rows split into even and odd columns, and its half-transformed values.
+/// input rows split into even and odd columns (reused by the output transform for an output
+/// row's even and odd columns), and its half-transformed values.
 #[derive(Default)]
 struct Scratch<E> {
     v: Vec<E>,
