@@ -71,10 +71,10 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Tensor;
 use burn::tensor::{Device, distributed::DistributedContext};
-use scorefield_core::{Error, LossOutput, Result};
+use scorefield_core::{Error, Result};
 
 use super::params::scale_grads;
-use super::trainer::{BatchLosses, StepReport, TrainBatch, Trainer};
+use super::trainer::{RankLosses, StepReport, TrainBatch, Trainer};
 
 /// How a [`Trainer`] splits each step's batch across ranks and reduces their gradients: one
 /// rank per CUDA device through Burn's all-reduce ([`devices`](Self::devices)), or `N` ranks
@@ -215,33 +215,6 @@ pub(super) fn shards<const D: usize>(x0: Tensor<D>, n: usize) -> Result<Vec<Tens
     Ok((0..n).map(|r| x0.clone().narrow(0, r * size, size)).collect())
 }
 
-/// The host copies of the ranks' losses, checked finite, merged in rank order.
-fn host_losses(outs: &[LossOutput], step: u64) -> Result<BatchLosses> {
-    let host = |t: &Tensor<1>| t.clone().inner().try_into_vec_as::<f64>().ok();
-    let mut merged = BatchLosses::default();
-    let (mut sigma, mut t) = (Some(Vec::new()), Some(Vec::new()));
-    let mut sum = 0.0;
-    for (rank, out) in outs.iter().enumerate() {
-        let loss = out.loss.clone().inner().into_scalar::<f64>();
-        if !loss.is_finite() {
-            let on = if outs.len() > 1 { format!(" (rank {rank})") } else { String::new() };
-            return Err(Error::NonFinite { context: format!("training loss at step {step}{on}") });
-        }
-        sum += loss;
-        merged.per_sample.extend(host(&out.per_sample).unwrap_or_default());
-        let level = out.level.as_ref();
-        let append = |acc: &mut Option<Vec<f64>>, values: Option<Vec<f64>>| match (acc, values) {
-            (Some(a), Some(v)) => a.extend(v),
-            (acc, _) => *acc = None,
-        };
-        append(&mut sigma, level.and_then(|l| host(&l.sigma)));
-        append(&mut t, level.and_then(|l| host(&l.t)));
-    }
-    merged.loss = if outs.len() == 1 { sum } else { sum / outs.len() as f64 };
-    (merged.sigma, merged.t) = (sigma, t);
-    Ok(merged)
-}
-
 impl<M: Module> Trainer<M> {
     /// Runs every following step data-parallel over `parallel`'s ranks (see the
     /// [module docs](self)); `None` goes back to one rank. Not saved in checkpoints: set it
@@ -316,7 +289,7 @@ impl<M: Module> Trainer<M> {
             };
             outs.push(shard.loss(objective, model, &mut self.loss_rng(rank))?);
         }
-        let losses = host_losses(&outs, self.step)?;
+        let losses = outs.iter().map(RankLosses::of).collect();
         let mut losses_on_ranks = outs.into_iter().map(|out| out.loss);
         let grads = match devices {
             Some(_) => {

@@ -8,7 +8,17 @@ use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 
 /// `‖g‖₂` over every parameter gradient of `model` in `grads`, on the host in f64.
+#[cfg(test)]
 pub(crate) fn global_grad_norm<M: Module>(model: &M, grads: &GradientsParams) -> f64 {
+    grad_norm_squared(model, grads).map_or(0.0, |s| s.into_scalar::<f64>().sqrt())
+}
+
+/// `‖g‖₂²` over every parameter gradient of `model` in `grads`, on the device (shape `[1]`,
+/// the gradients' dtype); `None` if there are none.
+pub(crate) fn grad_norm_squared<M: Module>(
+    model: &M,
+    grads: &GradientsParams,
+) -> Option<Tensor<1>> {
     struct SquaredNorm<'a> {
         grads: &'a GradientsParams,
         sum: Option<Tensor<1>>,
@@ -26,7 +36,7 @@ pub(crate) fn global_grad_norm<M: Module>(model: &M, grads: &GradientsParams) ->
     }
     let mut visitor = SquaredNorm { grads, sum: None };
     model.visit(&mut visitor);
-    visitor.sum.map_or(0.0, |s| s.into_scalar::<f64>().sqrt())
+    visitor.sum
 }
 
 /// Multiplies every parameter gradient of `model` in `grads` by `factor`.

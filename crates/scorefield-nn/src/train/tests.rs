@@ -348,9 +348,14 @@ fn a_non_finite_loss_is_an_error_and_changes_nothing() {
     run(&mut trainer, 2, 16, &dev);
     let (model, ema) = (bits(&params(trainer.model())), bits(&params(trainer.ema())));
     let x = mixture().sample(16, &dev, &mut trainer.batch_rng());
-    let err = trainer.step(&Poisoned, x).unwrap_err();
-    assert!(matches!(err, Error::NonFinite { .. }), "{err}");
+    let err = trainer.step(&Poisoned, x.clone()).unwrap_err();
+    assert_eq!(err, Error::NonFinite { context: "training loss at step 2".into() });
     assert_eq!(trainer.steps(), 2);
+    // Data-parallel, the error names the rank.
+    let mut ranks = trainer.clone();
+    ranks.set_data_parallel(Some(DataParallel::simulated(2).unwrap())).unwrap();
+    let err = ranks.step(&Poisoned, x).unwrap_err();
+    assert_eq!(err, Error::NonFinite { context: "training loss at step 2 (rank 0)".into() });
     assert_eq!(bits(&params(trainer.model())), model);
     assert_eq!(bits(&params(trainer.ema())), ema);
     // And training carries on, as if the bad batch had not been offered.

@@ -11,7 +11,7 @@ use scorefield_core::objective::{ConditionalObjective, LossOutput};
 use scorefield_core::{Error, Objective};
 
 use super::data_parallel::{DataParallel, shards};
-use super::params::{ema_update, global_grad_norm, scale_grads};
+use super::params::{ema_update, grad_norm_squared, scale_grads};
 use super::posthoc_ema::{PostHocEma, PostHocTracker};
 use super::schedule::{LrDecay, LrScheduleState, validate_decay};
 
@@ -416,18 +416,17 @@ impl<M: Module> Trainer<M> {
 
     /// The second half of a step, once the gradient `grads` of the batch's loss is known (on
     /// several ranks: their mean): the global norm, clipping, Adam, the EMA, the post-hoc EMA
-    /// and the step counter. Errors with [`Error::NonFinite`] (and changes nothing) if the
-    /// gradient norm is not finite.
+    /// and the step counter. The ranks' losses and the gradient norm come back to the host in
+    /// one read ([`read_back`]: on a GPU, the step's one synchronisation). Errors with
+    /// [`Error::NonFinite`] (and changes nothing) if a loss or the gradient norm is not finite.
     pub(super) fn apply_gradients(
         &mut self,
         mut grads: GradientsParams,
-        losses: BatchLosses,
+        ranks: Vec<RankLosses>,
     ) -> scorefield_core::Result<StepReport> {
         let step = self.step;
-        let grad_norm = global_grad_norm(&self.model, &grads);
-        if !grad_norm.is_finite() {
-            return Err(Error::NonFinite { context: format!("gradient norm at step {step}") });
-        }
+        let norm_squared = grad_norm_squared(&self.model, &grads);
+        let (losses, grad_norm) = read_back(ranks, norm_squared, step)?;
         let clip_scale = match self.config.grad_clip_norm {
             Some(c) if grad_norm > c => c / grad_norm,
             _ => 1.0,
@@ -470,4 +469,84 @@ pub(super) struct BatchLosses {
     pub(super) sigma: Option<Vec<f64>>,
     /// The time `t` of each batch element, if the objective perturbs the data.
     pub(super) t: Option<Vec<f64>>,
+}
+
+/// One rank's losses, still on the device (outside autodiff), until [`read_back`].
+#[derive(Debug, Clone)]
+pub(super) struct RankLosses {
+    loss: Tensor<1>,
+    per_sample: Tensor<1>,
+    /// `σ` and `t` of each element, if the objective perturbs the data.
+    level: Option<(Tensor<1>, Tensor<1>)>,
+}
+
+impl RankLosses {
+    /// The values of `out` without their autodiff graph.
+    pub(super) fn of(out: &LossOutput) -> Self {
+        let level = out.level.as_ref().map(|l| (l.sigma.clone().inner(), l.t.clone().inner()));
+        RankLosses {
+            loss: out.loss.clone().inner(),
+            per_sample: out.per_sample.clone().inner(),
+            level,
+        }
+    }
+}
+
+/// The ranks' losses merged in rank order and the gradient norm `√norm_squared`, read from
+/// the device in one transfer (everything concatenated on the first rank's device, in its
+/// loss's dtype), each loss and the norm checked finite.
+fn read_back(
+    ranks: Vec<RankLosses>,
+    norm_squared: Option<Tensor<1>>,
+    step: u64,
+) -> scorefield_core::Result<(BatchLosses, f64)> {
+    let n_ranks = ranks.len();
+    let first = ranks.first().map(|r| r.loss.clone()).or(norm_squared.clone());
+    let Some(first) = first else { return Ok((BatchLosses::default(), 0.0)) };
+    let (device, dtype) = (first.device(), first.dtype());
+    let mut pieces = Vec::new();
+    let mut layout = Vec::new(); // (elements per sample vector, has a level) per rank
+    for rank in ranks {
+        layout.push((rank.per_sample.dims()[0], rank.level.is_some()));
+        pieces.extend([rank.loss, rank.per_sample]);
+        if let Some((sigma, t)) = rank.level {
+            pieces.extend([sigma, t]);
+        }
+    }
+    let has_norm = norm_squared.is_some();
+    pieces.extend(norm_squared);
+    let pieces = pieces.into_iter().map(|p| p.to_device(&device).cast(dtype)).collect();
+    let host: Vec<f64> = Tensor::cat(pieces, 0).into_data().iter::<f64>().collect();
+
+    let mut merged =
+        BatchLosses { sigma: Some(Vec::new()), t: Some(Vec::new()), ..Default::default() };
+    let mut rest = host.as_slice();
+    let mut take = |n: usize| {
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        head
+    };
+    let mut sum = 0.0;
+    for (rank, (len, has_level)) in layout.into_iter().enumerate() {
+        let loss = take(1)[0];
+        if !loss.is_finite() {
+            let on = if n_ranks > 1 { format!(" (rank {rank})") } else { String::new() };
+            return Err(Error::NonFinite { context: format!("training loss at step {step}{on}") });
+        }
+        sum += loss;
+        merged.per_sample.extend_from_slice(take(len));
+        for acc in [&mut merged.sigma, &mut merged.t] {
+            let values = if has_level { Some(take(len)) } else { None };
+            match (acc.as_mut(), values) {
+                (Some(a), Some(v)) => a.extend_from_slice(v),
+                _ => *acc = None,
+            }
+        }
+    }
+    merged.loss = if n_ranks == 1 { sum } else { sum / n_ranks.max(1) as f64 };
+    let grad_norm = if has_norm { take(1)[0].sqrt() } else { 0.0 };
+    if !grad_norm.is_finite() {
+        return Err(Error::NonFinite { context: format!("gradient norm at step {step}") });
+    }
+    Ok((merged, grad_norm))
 }
