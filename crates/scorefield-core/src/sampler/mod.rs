@@ -57,7 +57,7 @@ pub use grid::{Grid, Node, Spacing, check_times, exponential_sigmas, karras_sigm
 pub use heun::Heun;
 pub use inpaint::{Inpaint, InpaintState};
 pub use langevin::Langevin;
-pub use noise::{FixedNoise, NoiseSource, PerSampleNoise, RngNoise};
+pub use noise::{DeviceNoise, FixedNoise, NoiseSource, PerSampleNoise, RngNoise};
 pub use ode::{OdeSolver, ProbabilityFlow, SolveStats};
 pub use reverse_sde::{Corrector, Predictor, ReverseSde};
 pub use unipc::{UniPc, UniPcVariant};

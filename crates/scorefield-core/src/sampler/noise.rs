@@ -7,14 +7,18 @@
 //!   same noise whatever the batch size, so one sample of a grid can be regenerated alone;
 //! - [`RngNoise`]: the whole batch from one `rng` (the [`Sampler`](super::Sampler) trait's);
 //! - [`FixedNoise`]: tensors the caller supplies, in order, to replay a reference run or to
-//!   test one step against a reference value.
+//!   test one step against a reference value;
+//! - [`DeviceNoise`]: the backend's own generator, on the device: speed over reproducibility.
 //!
-//! All are drawn on the host (backend-independent, bit-identical across backends) in f64 and
-//! cast once to the dtype of the state.
+//! All but [`DeviceNoise`] are drawn on the host (backend-independent, bit-identical across
+//! backends) in f64 and cast once to the dtype of the state; each draw is then one upload of
+//! the state's size. [`DeviceNoise`] draws where the state lives, with no host work and no
+//! transfer, at the price of numbers that differ between backends (and between versions of a
+//! backend).
 
 use std::collections::VecDeque;
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Distribution as TensorDistribution, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
@@ -91,6 +95,35 @@ impl<const D: usize> NoiseSource<D> for PerSampleNoise {
     }
 }
 
+/// Noise drawn on the device by the backend's own generator (`Tensor::random` with
+/// `N(0, 1)`): no host-side drawing and no upload per step, for runs on a GPU where speed
+/// matters more than the same numbers on every backend.
+///
+/// Seed the device's generator with [`Device::seed`](burn::tensor::Device::seed) before the
+/// run for a reproducible run on one backend; the numbers differ from those of the host
+/// sources and between backends.
+///
+/// ```
+/// use burn::tensor::Tensor;
+/// use scorefield_core::sampler::{DeviceNoise, NoiseSource};
+///
+/// let device = scorefield_core::device("flex")?;
+/// device.seed(7);
+/// let like = Tensor::<2>::zeros([4, 3], &device);
+/// let z = DeviceNoise.standard_normal(&like)?;
+/// assert_eq!(z.dims(), [4, 3]);
+/// # Ok::<(), scorefield_core::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeviceNoise;
+
+impl<const D: usize> NoiseSource<D> for DeviceNoise {
+    fn standard_normal(&mut self, like: &Tensor<D>) -> Result<Tensor<D>> {
+        let normal = TensorDistribution::Normal(0.0, 1.0);
+        Ok(Tensor::random(like.shape(), normal, (&like.device(), like.dtype())))
+    }
+}
+
 /// Noise the caller supplies, handed out in order.
 #[derive(Debug, Clone)]
 pub struct FixedNoise<const D: usize> {
@@ -164,6 +197,34 @@ mod tests {
         let z16 = NoiseSource::standard_normal(&mut d, &many).unwrap().narrow(0, 5, 1);
         assert_eq!(z5.into_data(), z16.into_data());
         assert!(NoiseSource::standard_normal(&mut d, &one).is_err());
+    }
+
+    #[test]
+    fn device_noise_is_standard_normal_and_follows_the_device_seed() {
+        let device = crate::device("flex").unwrap();
+        for dtype in [burn::tensor::DType::F32, burn::tensor::DType::F64] {
+            let like = Tensor::<2>::zeros([200, 500], (&device, dtype));
+            device.seed(3);
+            let z = DeviceNoise.standard_normal(&like).unwrap();
+            assert_eq!((z.dims(), z.dtype()), ([200, 500], dtype));
+            let v = z.clone().into_data().iter::<f64>().collect::<Vec<_>>();
+            // Moments of N(0, 1) over n = 10⁵ draws, within 5 standard errors: the mean
+            // (s.e. 1/√n), the second moment (√(2/n)), the fourth (√(96/n)), and the
+            // share within one standard deviation, Φ(1) − Φ(−1) = 0.682689 (√(p(1−p)/n)).
+            let n = v.len() as f64;
+            let moment = |k: i32| v.iter().map(|x| x.powi(k)).sum::<f64>() / n;
+            let within = v.iter().filter(|x| x.abs() < 1.0).count() as f64 / n;
+            assert!(moment(1).abs() < 5.0 / n.sqrt(), "mean {}", moment(1));
+            assert!((moment(2) - 1.0).abs() < 5.0 * (2.0 / n).sqrt(), "E z² {}", moment(2));
+            assert!((moment(4) - 3.0).abs() < 5.0 * (96.0 / n).sqrt(), "E z⁴ {}", moment(4));
+            assert!((within - 0.682689).abs() < 5.0 * (0.2166 / n).sqrt(), "{within}");
+            // The device seed makes it reproducible; the next draw differs.
+            let next = DeviceNoise.standard_normal(&like).unwrap();
+            device.seed(3);
+            let again = DeviceNoise.standard_normal(&like).unwrap();
+            assert_eq!(again.into_data(), z.clone().into_data());
+            assert_ne!(next.into_data(), z.into_data());
+        }
     }
 
     #[test]
