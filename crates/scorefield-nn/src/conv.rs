@@ -724,9 +724,10 @@ mod fused {
             want_dx: bool,
             algorithm: ConvAlgorithm,
         ) -> (Option<Vec<E>>, Vec<E>, Vec<E>) {
-            if want_dx && super::super::winograd::applies(g, algorithm) {
-                let (_, dw, db) = backward(g, x, w, dy, false, ConvAlgorithm::Im2col);
-                return (Some(super::super::winograd::input_gradient(g, w, dy)), dw, db);
+            if super::super::winograd::applies(g, algorithm) {
+                let (dw, db) = super::super::winograd::weight_gradient(g, x, dy);
+                let dx = want_dx.then(|| super::super::winograd::input_gradient(g, w, dy));
+                return (dx, dw, db);
             }
             let (k, per) = (g.k(), chunk(g.n));
             let mut dx = vec![E::default(); if want_dx { g.n * g.x_len() } else { 0 }];
@@ -928,11 +929,17 @@ mod tests {
 
     #[test]
     fn the_result_does_not_depend_on_the_thread_count() {
-        let on = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| run(|x, w, b, o| conv2d(x, w, b, o).unwrap(), CASES[7], DType::F32))
-        };
-        assert_eq!(on(1), on(3));
+        // 17 samples: 9 backward tasks (8 of 2 samples, 1 of 1), with im2col and Winograd.
+        for algorithm in [ConvAlgorithm::Im2col, ConvAlgorithm::Winograd] {
+            let on = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let conv = |x, w, b, o: Conv2dOptions| {
+                    conv2d(x, w, b, o.with_algorithm(algorithm)).unwrap()
+                };
+                pool.install(|| run(conv, CASES[7], DType::F32))
+            };
+            assert_eq!(on(1), on(3), "{algorithm:?}");
+        }
     }
 
     #[test]

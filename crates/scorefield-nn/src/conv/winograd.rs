@@ -1,6 +1,7 @@
 //! Winograd's minimal filtering F(2×2, 3×3) for the 3×3 convolutions of stride 1 and padding 1
-//! (the U-Net's "same" convolutions): the forward, and the input gradient, which is the same
-//! convolution of `∂ℓ/∂y` with the kernel flipped and its channel axes swapped.
+//! (the U-Net's "same" convolutions): the forward; the input gradient, which is the same
+//! convolution of `∂ℓ/∂y` with the kernel flipped and its channel axes swapped; and the weight
+//! gradient by the transposed algorithm F(3×3, 2×2) ([`weight_gradient`]).
 //!
 //! Each output tile `Y` (2×2) comes from the input tile `d` (4×4, the tile's pixels and a
 //! one-pixel border, 0 outside the image) of every input channel (Lavin & Gray, *Fast
@@ -83,34 +84,20 @@ fn map4<E: Real>(out: &mut [E], a: &[E], b: &[E], c: &[E], d: &[E], f: impl Fn(E
     }
 }
 
-/// The convolution of the samples `first..first + y.len()/(C'·H·W)` into `y`: the input
-/// transform into `V`, 16 products into `M`, the output transform. Both transforms run a tile
-/// row at a time on whole rows of tiles (contiguous in `V` and `M`), so that their loops
-/// vectorise.
+/// `V = Bᵀ·d·B` of every input channel and tile of the samples in `x` into `v`
+/// (`[16, C, tiles]`, the tiles of sample `s` from column `s·tiles`); `rows` and `half` are
+/// scratch. It runs a tile row at a time: the row's input rows are split into even and
+/// odd columns, so that the transform's loops run along whole rows of tiles and vectorise.
 #[inline(always)]
-fn chunk<E: Real>(
-    g: &Geometry,
-    x: &[E],
-    u: &[E],
-    b: Option<&[E]>,
-    first: usize,
-    y: &mut [E],
-    sc: &mut Scratch<E>,
-) {
-    let (h, w, c, cout) = (g.h, g.w, g.c, g.cout);
+fn input_transform<E: Real>(g: &Geometry, x: &[E], v: &mut [E], rows: &mut [E], half: &mut [E]) {
+    let (h, w, c) = (g.h, g.w, g.c);
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
     let tiles = th * tw;
-    let samples = y.len() / (cout * h * w);
-    let nt = samples * tiles;
+    let samples = x.len() / (c * h * w);
+    let nt = v.len() / (16 * c);
     let zero = E::default();
-    sc.v.resize(16 * c * nt, zero);
-    sc.m.resize(16 * cout * nt, zero);
-    // Per input row r of a tile row: its even and odd padded columns, tw + 1 each.
-    sc.rows.resize(8 * (tw + 1), zero);
-    sc.half.resize(16 * tw, zero);
-    let (v, rows, half) = (&mut sc.v, &mut sc.rows, &mut sc.half);
     for s in 0..samples {
-        let xn = &x[(first + s) * c * h * w..][..c * h * w];
+        let xn = &x[s * c * h * w..][..c * h * w];
         for (ci, plane) in xn.chunks_exact(h * w).enumerate() {
             for a in 0..th {
                 // Input row 2a − 1 + r, padded: column j of the padded row is x[j − 1]; even
@@ -156,6 +143,36 @@ fn chunk<E: Real>(
             }
         }
     }
+}
+
+/// The convolution of the samples `first..first + y.len()/(C'·H·W)` into `y`: the input
+/// transform into `V`, 16 products into `M`, the output transform. Both transforms run a tile
+/// row at a time on whole rows of tiles (contiguous in `V` and `M`), so that their loops
+/// vectorise.
+#[inline(always)]
+fn chunk<E: Real>(
+    g: &Geometry,
+    x: &[E],
+    u: &[E],
+    b: Option<&[E]>,
+    first: usize,
+    y: &mut [E],
+    sc: &mut Scratch<E>,
+) {
+    let (h, w, c, cout) = (g.h, g.w, g.c, g.cout);
+    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+    let tiles = th * tw;
+    let samples = y.len() / (cout * h * w);
+    let nt = samples * tiles;
+    let zero = E::default();
+    sc.v.resize(16 * c * nt, zero);
+    sc.m.resize(16 * cout * nt, zero);
+    // Per input row r of a tile row: its even and odd padded columns, tw + 1 each.
+    sc.rows.resize(8 * (tw + 1), zero);
+    sc.half.resize(16 * tw, zero);
+    let xs = &x[first * c * h * w..][..samples * c * h * w];
+    input_transform(g, xs, &mut sc.v, &mut sc.rows, &mut sc.half);
+    let (v, rows, half) = (&sc.v, &mut sc.rows, &mut sc.half);
     for xi in 0..16 {
         let (uxi, vxi) = (&u[xi * cout * c..][..cout * c], &v[xi * c * nt..][..c * nt]);
         let mxi = &mut sc.m[xi * cout * nt..][..cout * nt];
@@ -227,4 +244,155 @@ pub(super) fn input_gradient<E: Real>(g: &Geometry, w: &[E], dy: &[E]) -> Vec<E>
     let mut dx = vec![E::default(); g.n * g.c * g.h * g.w];
     forward(&transposed, dy, &flipped, None, &mut dx);
     dx
+}
+
+/// `D = A·u·Aᵀ` of every output-gradient tile `u` (2×2, 0 outside the image) of the samples
+/// in `dy` into `d` (`[16, C', tiles]`, as [`input_transform`]'s `V`), `A = (Aᵀ)ᵀ`:
+/// `A·(u₀, u₁) = (u₀, u₀ + u₁, u₀ − u₁, −u₁)`. `rows` and `half` are scratch.
+#[inline(always)]
+fn gradient_transform<E: Real>(
+    g: &Geometry,
+    dy: &[E],
+    d: &mut [E],
+    rows: &mut [E],
+    half: &mut [E],
+) {
+    let (h, w, cout) = (g.h, g.w, g.cout);
+    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+    let tiles = th * tw;
+    let nt = d.len() / (16 * cout);
+    let zero = E::default();
+    for (s, dys) in dy.chunks_exact(cout * h * w).enumerate() {
+        for (co, plane) in dys.chunks_exact(h * w).enumerate() {
+            for a in 0..th {
+                // u·Aᵀ along the tile rows p = 0, 1: half[(p, q)][b] from the even and odd
+                // columns e = u[p][2b], o = u[p][2b + 1] (0 past the image's edge).
+                for p in 0..2 {
+                    let (e, o) = rows.split_at_mut(tw);
+                    let o = &mut o[..tw];
+                    e.fill(zero);
+                    o.fill(zero);
+                    let yy = 2 * a + p;
+                    if yy < h {
+                        let row = &plane[yy * w..][..w];
+                        for (b, pair) in row.chunks(2).enumerate() {
+                            e[b] = pair[0];
+                            o[b] = pair.get(1).copied().unwrap_or(zero);
+                        }
+                    }
+                    let hp = &mut half[p * 4 * tw..][..4 * tw];
+                    let (h01, h23) = hp.split_at_mut(2 * tw);
+                    let ((q0, q1), (q2, q3)) = (h01.split_at_mut(tw), h23.split_at_mut(tw));
+                    q0.copy_from_slice(e);
+                    map4(q1, e, o, e, o, |e, o, _, _| e + o);
+                    map4(q2, e, o, e, o, |e, o, _, _| e - o);
+                    map4(q3, e, o, e, o, |_, o, _, _| zero - o);
+                }
+                // A·(u·Aᵀ) down the columns, into D's run of this tile row.
+                let col = s * tiles + a * tw;
+                for q in 0..4 {
+                    let (h0, h1) = (&half[q * tw..][..tw], &half[(4 + q) * tw..][..tw]);
+                    for r in 0..4 {
+                        let out = &mut d[((r * 4 + q) * cout + co) * nt + col..][..tw];
+                        match r {
+                            0 => out.copy_from_slice(h0),
+                            1 => map4(out, h0, h1, h0, h1, |a, b, _, _| a + b),
+                            2 => map4(out, h0, h1, h0, h1, |a, b, _, _| a - b),
+                            _ => map4(out, h0, h1, h0, h1, |_, b, _, _| zero - b),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One task's share of the weight gradient: `M_ξ += D_ξ·V_ξᵀ` (`[16, C', C]`) over the tiles
+/// of the samples in `x` and `dy`, a group of about 256 tiles at a time, and `∂ℓ/∂b`'s sums.
+#[inline(always)]
+fn weight_gradient_chunk<E: Real>(
+    g: &Geometry,
+    x: &[E],
+    dy: &[E],
+    m: &mut [E],
+    db: &mut [f64],
+    sc: &mut Scratch<E>,
+) {
+    let (h, w, c, cout) = (g.h, g.w, g.c, g.cout);
+    let tw = w.div_ceil(2);
+    let tiles = h.div_ceil(2) * tw;
+    let zero = E::default();
+    let group = (256 / tiles).max(1);
+    let (xs, ys) = (x.chunks(group * c * h * w), dy.chunks(group * cout * h * w));
+    for (xg, dyg) in xs.zip(ys) {
+        let nt = xg.len() / (c * h * w) * tiles;
+        sc.v.resize(16 * c * nt, zero);
+        sc.m.resize(16 * cout * nt, zero);
+        sc.rows.resize(8 * (tw + 1), zero);
+        sc.half.resize(16 * tw, zero);
+        input_transform(g, xg, &mut sc.v, &mut sc.rows, &mut sc.half);
+        gradient_transform(g, dyg, &mut sc.m, &mut sc.rows, &mut sc.half);
+        for xi in 0..16 {
+            let (dxi, vxi) = (&sc.m[xi * cout * nt..][..cout * nt], &sc.v[xi * c * nt..][..c * nt]);
+            // M_ξ (C'×C) += D_ξ (C'×tiles) · V_ξᵀ (tiles×C: row stride 1, column stride nt).
+            let mxi = &mut m[xi * cout * c..][..cout * c];
+            matmul(cout, c, nt, mxi, true, (dxi, nt, 1), (vxi, 1, nt));
+        }
+        for (i, plane) in dyg.chunks_exact(h * w).enumerate() {
+            db[i % cout] += plane.iter().map(|&e| e.into()).sum::<f64>();
+        }
+    }
+}
+
+crate::flex::avx2_twin!(weight_gradient_chunk, weight_gradient_chunk_avx2,
+    weight_gradient_chunk_dispatch,
+    (g: &Geometry, x: &[E], dy: &[E], m: &mut [E], db: &mut [f64], sc: &mut Scratch<E>));
+
+/// `(∂ℓ/∂W, ∂ℓ/∂b)` for a geometry that [`applies`], by the transposed algorithm F(3×3, 2×2):
+/// `∂ℓ/∂W = Gᵀ·[Σ_tiles (A·u·Aᵀ) ⊙ (Bᵀ·d·B)]·G` per channel pair, with `u` the output
+/// gradient's 2×2 tile and `d` the input's 4×4 tile of the forward (the sum over tiles and
+/// samples runs before the linear `Gᵀ·M·G`, so it is 16 matrix products `[C', tiles]·[tiles, C]`).
+/// 16 products per tile instead of 36. At most 16 tasks, their sums added in a fixed order:
+/// the same result on any number of threads.
+pub(super) fn weight_gradient<E: Real>(g: &Geometry, x: &[E], dy: &[E]) -> (Vec<E>, Vec<E>) {
+    let (c, cout, hw) = (g.c, g.cout, g.h * g.w);
+    let per = g.n.div_ceil(16).max(1);
+    let partial: Vec<(Vec<E>, Vec<f64>)> = x
+        .par_chunks(per * c * hw)
+        .zip(dy.par_chunks(per * cout * hw))
+        .map_init(Scratch::default, |sc, (x, dy)| {
+            let mut m = vec![E::default(); 16 * cout * c];
+            let mut db = vec![0.0; cout];
+            weight_gradient_chunk_dispatch(g, x, dy, &mut m, &mut db, sc);
+            (m, db)
+        })
+        .collect();
+    let mut m = vec![E::default(); 16 * cout * c];
+    let mut db = vec![0.0f64; cout];
+    for (pm, pb) in &partial {
+        for (a, &b) in m.iter_mut().zip(pm) {
+            *a += b;
+        }
+        for (a, &b) in db.iter_mut().zip(pb) {
+            *a += b;
+        }
+    }
+    // ∂ℓ/∂W = Gᵀ·M·G per pair, Gᵀ·(m₀, m₁, m₂, m₃) = (m₀ + ½(m₁ + m₂), ½(m₁ − m₂), ½(m₁ + m₂) + m₃).
+    let half = E::of(0.5);
+    let gt = |m0: E, m1: E, m2: E, m3: E| {
+        [m0 + (m1 + m2) * half, (m1 - m2) * half, (m1 + m2) * half + m3]
+    };
+    let mut dw = vec![E::default(); cout * c * 9];
+    for (pair, k) in dw.chunks_exact_mut(9).enumerate() {
+        let at = |r: usize, q: usize| m[(r * 4 + q) * cout * c + pair];
+        // Gᵀ along the columns q of each row r, then down the rows.
+        let rows: [[E; 3]; 4] = std::array::from_fn(|r| gt(at(r, 0), at(r, 1), at(r, 2), at(r, 3)));
+        for j in 0..3 {
+            let col = gt(rows[0][j], rows[1][j], rows[2][j], rows[3][j]);
+            for i in 0..3 {
+                k[i * 3 + j] = col[i];
+            }
+        }
+    }
+    (dw, db.into_iter().map(E::of).collect())
 }
