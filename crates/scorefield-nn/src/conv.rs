@@ -426,7 +426,7 @@ mod fused {
         use rayon::prelude::*;
 
         use crate::conv::ConvAlgorithm;
-        use crate::flex::Real;
+        use crate::flex::{Real, matmul};
 
         /// The shape of one call (see the module docs for the symbols).
         #[derive(Clone, Copy, Debug)]
@@ -561,65 +561,6 @@ mod fused {
                 }
             }
             lanes.iter().sum::<f64>() + tail
-        }
-
-        /// A matrix operand: its storage and its row and column strides.
-        type Mat<'a, E> = (&'a [E], usize, usize);
-
-        /// `dst (m×n, row-major) ← [dst +] lhs (m×k) · rhs (k×n)`, single-threaded, through
-        /// the `gemm` crate, after checking that every index of the operands is in bounds.
-        pub(in crate::conv) fn matmul<E: Real>(
-            m: usize,
-            n: usize,
-            k: usize,
-            dst: &mut [E],
-            add: bool,
-            lhs: Mat<E>,
-            rhs: Mat<E>,
-        ) {
-            let last = |(s, rs, cs): Mat<E>, r: usize, c: usize| {
-                assert!(
-                    r == 0 || c == 0 || (r - 1) * rs + (c - 1) * cs < s.len(),
-                    "matmul: operand out of bounds"
-                );
-            };
-            assert!(dst.len() >= m * n, "matmul: destination out of bounds");
-            last(lhs, m, k);
-            last(rhs, k, n);
-            if m == 0 || n == 0 {
-                return;
-            }
-            if k == 0 {
-                if !add {
-                    dst[..m * n].fill(E::default());
-                }
-                return;
-            }
-            // SAFETY: every element the product reads or writes is in bounds (checked above),
-            // `dst` is borrowed mutably and does not alias the shared operands.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
-                    dst.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    add,
-                    lhs.0.as_ptr(),
-                    lhs.2 as isize,
-                    lhs.1 as isize,
-                    rhs.0.as_ptr(),
-                    rhs.2 as isize,
-                    rhs.1 as isize,
-                    E::ONE,
-                    E::ONE,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
         }
 
         /// `y_n = W·X_n + b` for one sample (`col`: scratch for `X_n`).

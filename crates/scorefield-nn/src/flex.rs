@@ -1,4 +1,4 @@
-//! What the fused kernels ([`crate::group_norm_silu`], [`crate::conv`]) share: whether a call
+//! What the fused kernels (`group_norm_silu`, `conv`, `silu`, `dense`) share: whether a call
 //! can take the flex kernel, and flex tensors from vectors.
 
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -184,6 +184,101 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     // 2ⁿ from t's bits (ROUND's plus n), not from `n as i32`, a saturating conversion that
     // LLVM does not vectorise.
     e * f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23)
+}
+
+/// A matrix operand: its storage and its row and column strides.
+pub(crate) type Mat<'a, E> = (&'a [E], usize, usize);
+
+/// `dst (m×n, row-major) ← [dst +] lhs (m×k) · rhs (k×n)`, single-threaded, through
+/// the `gemm` crate, after checking that every index of the operands is in bounds.
+pub(crate) fn matmul<E: Real>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [E],
+    add: bool,
+    lhs: Mat<E>,
+    rhs: Mat<E>,
+) {
+    matmul_with(m, n, k, dst, add, lhs, rhs, gemm::Parallelism::None)
+}
+
+/// [`matmul`] on every thread of the current rayon pool: the `gemm` crate splits the
+/// destination, never the sum over `k`, so the result does not depend on the thread count.
+pub(crate) fn matmul_parallel<E: Real>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [E],
+    add: bool,
+    lhs: Mat<E>,
+    rhs: Mat<E>,
+) {
+    // Below burn-flex's threshold (192³ multiply-adds) or on one thread, the split costs more
+    // than it gains.
+    let small = m.saturating_mul(n).saturating_mul(k) < 192 * 192 * 192;
+    let parallelism = if small || rayon::current_num_threads() == 1 {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(0)
+    };
+    matmul_with(m, n, k, dst, add, lhs, rhs, parallelism)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn matmul_with<E: Real>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [E],
+    add: bool,
+    lhs: Mat<E>,
+    rhs: Mat<E>,
+    parallelism: gemm::Parallelism,
+) {
+    let last = |(s, rs, cs): Mat<E>, r: usize, c: usize| {
+        assert!(
+            r == 0 || c == 0 || (r - 1) * rs + (c - 1) * cs < s.len(),
+            "matmul: operand out of bounds"
+        );
+    };
+    assert!(dst.len() >= m * n, "matmul: destination out of bounds");
+    last(lhs, m, k);
+    last(rhs, k, n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !add {
+            dst[..m * n].fill(E::default());
+        }
+        return;
+    }
+    // SAFETY: every element the product reads or writes is in bounds (checked above),
+    // `dst` is borrowed mutably and does not alias the shared operands.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            add,
+            lhs.0.as_ptr(),
+            lhs.2 as isize,
+            lhs.1 as isize,
+            rhs.0.as_ptr(),
+            rhs.2 as isize,
+            rhs.1 as isize,
+            E::ONE,
+            E::ONE,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@
 
 pub mod classifier;
 pub mod conv;
+mod dense;
 pub mod dual;
 pub mod embedding;
 #[cfg(feature = "flex")]

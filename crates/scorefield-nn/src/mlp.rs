@@ -20,6 +20,7 @@ use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::tensor::activation::softplus;
 
+use crate::dense;
 use crate::silu::silu;
 use burn::tensor::{DType, Device, Tensor};
 use scorefield_core::condition::{ConditionalScoreModel, Labels};
@@ -310,17 +311,22 @@ impl ScoreMlp {
     /// The output layer's value, before the optional `1/σ`.
     fn raw(&self, x: Tensor<2>, level: &NoiseLevel, y: Option<&Labels>) -> Tensor<2> {
         let terms = self.embedding_terms(level, y);
-        let mut h = self.input.forward(self.network_input(x, level));
-        if let Some(p) = terms.first() {
-            h = h.add(p.clone());
+        let mut h = self.network_input(x, level);
+        // Each layer before the output: act(layer(h) + Pᵢe); SiLU fused into the layer when
+        // no embedding term comes between them (`dense`).
+        for (i, layer) in std::iter::once(&self.input).chain(&self.hidden).enumerate() {
+            h = match terms.get(i) {
+                None if self.activation == Activation::Silu => dense::linear_silu(layer, h),
+                term => {
+                    let mut z = dense::linear(layer, h);
+                    if let Some(p) = term {
+                        z = z.add(p.clone());
+                    }
+                    self.activation.apply(z)
+                }
+            };
         }
-        for (i, layer) in self.hidden.iter().enumerate() {
-            h = layer.forward(self.activation.apply(h));
-            if let Some(p) = terms.get(i + 1) {
-                h = h.add(p.clone());
-            }
-        }
-        self.output.forward(self.activation.apply(h))
+        dense::linear(&self.output, h)
     }
 }
 

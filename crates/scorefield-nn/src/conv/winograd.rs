@@ -24,8 +24,8 @@
 use rayon::prelude::*;
 
 use super::ConvAlgorithm;
-use super::fused::kernel::{Geometry, matmul};
-use crate::flex::Real;
+use super::fused::kernel::Geometry;
+use crate::flex::{Real, matmul};
 
 /// Whether `algorithm` runs Winograd for this convolution: a 3×3 of stride 1 with one pixel of
 /// padding on every side, and for [`ConvAlgorithm::Auto`] at least 2,048 channel pairs.
