@@ -19,7 +19,8 @@
 //! - `fused ops`: `group_norm_silu` (GroupNorm + SiLU with a per-channel shift) and its
 //!   input, shift, γ and β gradients, and `conv2d` (stride 2 with asymmetric padding, and a
 //!   3×3 same convolution through Winograd's algorithm) with its input, weight and bias
-//!   gradients, and `silu` with its gradient: the fused kernels on flex, the fallbacks here;
+//!   gradients, `silu` with its gradient, and the dense layers of a `ScoreMlp` (SiLU fused in)
+//!   with its input gradient: the fused kernels on flex, the fallbacks here;
 //! - `training`: one `Trainer` step (DSM on `ScoreMlp` and the U-Net, sliced score matching
 //!   through the dual layers): loss, per-sample losses, gradient norm, outputs after the step;
 //! - `checkpoint`: written on flex and read on the backend (and back), then one more step.
@@ -36,7 +37,7 @@
 //! | dual Linear, Conv2d, GroupNorm; `ScoreMlp` | 1e-4 | 1.7e-7 | 3.0e-7 |
 //! | `NcsnUnet` score and JVP | 1e-3 | 1.9e-5 | 2.7e-5 |
 //! | sampler runs | 1e-3 | 2.2e-5 | 6.4e-5 |
-//! | fused `group_norm_silu`, `conv2d`, `silu` (flex kernels vs fallbacks): outputs and gradients | 1e-4 | 2.3e-6 | 2.3e-6 |
+//! | fused `group_norm_silu`, `conv2d`, `silu`, dense layers (flex kernels vs fallbacks): outputs and gradients | 1e-4 | 2.3e-6 | 2.3e-6 |
 //! | training step: loss, gradient norm, MLP outputs | 1e-4 | 3.6e-7 | 3.6e-7 |
 //! | training step: U-Net output after the step | 1e-3 | 9.1e-6 | 9.1e-6 |
 //! | checkpoint: outputs, next loss, gradient norm, weights | 1e-4 | 2.7e-7 | 2.7e-7 |
@@ -358,6 +359,12 @@ fn fused_ops(device: &Device) -> Vec<Quantity> {
     let sx = normal_tensor([7, 5], 42, &device).mul_scalar(4.0).require_grad();
     let sy = silu(sx.clone());
     let sgrads = sy.clone().mul(normal_tensor([7, 5], 43, &device)).sum().backward();
+    // The MLP's dense layers (fused with their SiLU on flex), 300 rows: beyond one block.
+    let plain = ScoreMlpConfig::new(2).with_hidden(16).with_conditioning(Conditioning::None);
+    let mlp = moved(&seeded(plain.init(&flex()), 44), &device);
+    let mx = normal_tensor([300, 2], 45, &device).require_grad();
+    let my = mlp.score(mx.clone(), &NoiseLevel::clean(300, &device));
+    let mgrads = my.clone().mul(normal_tensor([300, 2], 46, &device)).sum().backward();
     vec![
         quantity("group_norm_silu output", REDUCED, values(out)),
         quantity("group_norm_silu input gradient", REDUCED, values(x.grad(&grads).unwrap())),
@@ -373,6 +380,12 @@ fn fused_ops(device: &Device) -> Vec<Quantity> {
         quantity("conv2d Winograd weight gradient", REDUCED, values(ww.grad(&wgrads).unwrap())),
         quantity("silu output", REDUCED, values(sy)),
         quantity("silu gradient", REDUCED, values(sx.grad(&sgrads).unwrap())),
+        quantity("dense layers (ScoreMlp) output", REDUCED, values(my)),
+        quantity(
+            "dense layers (ScoreMlp) input gradient",
+            REDUCED,
+            values(mx.grad(&mgrads).unwrap()),
+        ),
     ]
 }
 
