@@ -214,10 +214,10 @@ mod fused {
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
     use burn::backend::tensor::FloatTensor;
     use burn::backend::{Autodiff, Backend, Dispatch, ExtensionType, Flex, backend_extension};
-    use burn::tensor::{DType, Tensor};
+    use burn::tensor::Tensor;
 
     use super::{Conv2dOptions, winograd};
-    use crate::flex::{OptionalTensor, flex_tensor, on_flex_in};
+    use crate::flex::{OptionalTensor, flex_tensor, on_flex_in, register_grads, with_float};
     use kernel::Geometry;
 
     /// The flex tensor primitive.
@@ -320,11 +320,8 @@ mod fused {
             let [x, weight, bias] = ops.parents;
             let grad = grads.consume::<Flex>(&ops.node);
             let (dx, dw, db) = backward(&ops.state, grad, x.is_some());
-            for (parent, grad) in [(x, dx), (weight, Some(dw)), (bias, Some(db))] {
-                if let (Some(node), Some(grad)) = (parent, grad) {
-                    grads.register::<Flex>(node.id, grad);
-                }
-            }
+            let ids = [x, weight, bias].map(|parent| parent.map(|node| node.id));
+            register_grads(grads, ids, [dx, Some(dw), Some(db)]);
         }
     }
 
@@ -348,23 +345,6 @@ mod fused {
             oh: (h + pt + pb - kh) / sh + 1,
             ow: (w + pl + pr - kw) / sw + 1,
         }
-    }
-
-    /// Runs `$body` with `$E` the float type of `$dtype`.
-    macro_rules! with_float {
-        ($dtype:expr, |$E:ident| $body:block) => {
-            match $dtype {
-                DType::F32 => {
-                    type $E = f32;
-                    $body
-                }
-                DType::F64 => {
-                    type $E = f64;
-                    $body
-                }
-                other => unreachable!("conv2d: no fused kernel for {other:?}"),
-            }
-        };
     }
 
     fn forward(

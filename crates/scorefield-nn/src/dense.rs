@@ -55,10 +55,12 @@ mod fused {
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
     use burn::backend::tensor::FloatTensor;
     use burn::backend::{Autodiff, Backend, Dispatch, ExtensionType, Flex, backend_extension};
-    use burn::tensor::{DType, Tensor};
+    use burn::tensor::Tensor;
     use rayon::prelude::*;
 
-    use crate::flex::{OptionalTensor, Real, flex_tensor, matmul, matmul_parallel};
+    use crate::flex::{
+        OptionalTensor, Real, flex_tensor, matmul, matmul_parallel, register_grads, with_float,
+    };
 
     /// The flex tensor primitive.
     type FlexTensor = FloatTensor<Flex>;
@@ -143,29 +145,9 @@ mod fused {
             let [x, weight, bias] = ops.parents;
             let grad = grads.consume::<Flex>(&ops.node);
             let (dx, dw, db) = backward(&ops.state, grad, x.is_some());
-            for (parent, grad) in [(x, dx), (weight, Some(dw)), (bias, Some(db))] {
-                if let (Some(node), Some(grad)) = (parent, grad) {
-                    grads.register::<Flex>(node.id, grad);
-                }
-            }
+            let ids = [x, weight, bias].map(|parent| parent.map(|node| node.id));
+            register_grads(grads, ids, [dx, Some(dw), Some(db)]);
         }
-    }
-
-    /// Runs `$body` with `$E` the float type of `$dtype`.
-    macro_rules! with_float {
-        ($dtype:expr, |$E:ident| $body:block) => {
-            match $dtype {
-                DType::F32 => {
-                    type $E = f32;
-                    $body
-                }
-                DType::F64 => {
-                    type $E = f64;
-                    $body
-                }
-                other => unreachable!("dense: no fused kernel for {other:?}"),
-            }
-        };
     }
 
     /// `(y, z if keep_z and silu)`.

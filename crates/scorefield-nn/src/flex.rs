@@ -113,6 +113,39 @@ macro_rules! avx2_twin {
 }
 pub(crate) use avx2_twin;
 
+/// `with_float!(dtype, |E| { ... })` runs the block with `E` the float type (`f32` or `f64`) of
+/// a fused kernel's `dtype`; the callers route every other type to the stock ops first.
+macro_rules! with_float {
+    ($dtype:expr, |$E:ident| $body:block) => {
+        match $dtype {
+            burn::tensor::DType::F32 => {
+                type $E = f32;
+                $body
+            }
+            burn::tensor::DType::F64 => {
+                type $E = f64;
+                $body
+            }
+            other => unreachable!("no fused kernel for {other:?}"),
+        }
+    };
+}
+pub(crate) use with_float;
+
+/// Registers the gradients of a fused op's parents (input, weight, bias): each one that was
+/// computed, for each parent that is tracked (`Some` node id).
+pub(crate) fn register_grads(
+    grads: &mut burn::backend::autodiff::grads::Gradients,
+    parents: [Option<burn::backend::autodiff::NodeId>; 3],
+    values: [Option<FloatTensor<Flex>>; 3],
+) {
+    for (parent, grad) in parents.into_iter().zip(values) {
+        if let (Some(id), Some(grad)) = (parent, grad) {
+            grads.register::<Flex>(id, grad);
+        }
+    }
+}
+
 /// f32 or f64: the arithmetic the fused kernels need, generic over both.
 pub(crate) trait Real:
     Copy
