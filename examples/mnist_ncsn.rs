@@ -21,8 +21,8 @@
 //!   32, 789,153 parameters): batch 128, Adam with lr 10⁻³, 200,000 steps, EMA 0.999, annealed
 //!   Langevin with T = 100 steps per level and ε = 2·10⁻⁵. Hours on a GPU.
 //! - `default`: sized to end within 15 minutes on a 2-core CPU with recognisable digits (width
-//!   16, batch 32, 6,000 steps, EMA 0.99, T = 20 and ε = 10⁻⁴ for 64 samples); see
-//!   [`Preset::settings`] for why each differs from the paper.
+//!   16, batch 32, 6,000 steps but at most 13 minutes of training, EMA 0.99, T = 20 and
+//!   ε = 10⁻⁴ for 64 samples); see [`Preset::settings`] for why each differs from the paper.
 //!
 //! Every setting can be overridden by its flag. Written under `--out` (default
 //! `out/mnist_ncsn`): `samples.png` (a grid of the final samples), `samples-step-<k>.png` at
