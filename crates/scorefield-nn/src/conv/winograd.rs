@@ -18,14 +18,20 @@
 //! ```
 //! 16 products per tile of 4 outputs instead of 36: the multiplications drop 2.25×, and the
 //! 16 matrix products run through the same `gemm` kernels as the im2col path. The samples are
-//! taken in chunks of about 256 tiles (at least 8 chunks), a size fixed by the geometry (not
-//! the thread count), so the result is the same on any number of threads.
+//! taken in chunks of about [`TILES`] tiles (at least 8 chunks), a size fixed by the geometry
+//! (not the thread count), so the result is the same on any number of threads.
 
 use rayon::prelude::*;
 
 use super::ConvAlgorithm;
 use super::fused::kernel::Geometry;
 use crate::flex::{Real, matmul};
+
+/// Tiles per task (whole samples, at least one): small enough that a task's `V` and `M`
+/// (`16·(C + C')` values per tile, 1 MB at 128 + 128 channels) stay near the core's cache.
+/// 256 measured 4–5 % slower on the U-Net's training step on a host with busy neighbours
+/// (`docs/performance.md`).
+const TILES: usize = 64;
 
 /// Whether `algorithm` runs Winograd for this convolution: a 3×3 of stride 1 with one pixel of
 /// padding on every side, and for [`ConvAlgorithm::Auto`] at least 2,048 channel pairs.
@@ -221,8 +227,8 @@ crate::flex::avx2_twin!(chunk, chunk_avx2, chunk_dispatch,
 pub(super) fn forward<E: Real>(g: &Geometry, x: &[E], w: &[E], b: Option<&[E]>, y: &mut [E]) {
     let u = transform_weights(w, g.cout, g.c);
     let tiles = g.h.div_ceil(2) * g.w.div_ceil(2);
-    // About 256 tiles per task (V and M stay near the cache), at least 8 tasks from 8 samples.
-    let per = (256 / tiles).min(g.n.div_ceil(8)).max(1);
+    // About TILES tiles per task, at least 8 tasks from 8 samples.
+    let per = (TILES / tiles).min(g.n.div_ceil(8)).max(1);
     let y_len = g.cout * g.h * g.w;
     y.par_chunks_mut(per * y_len)
         .enumerate()
@@ -308,7 +314,8 @@ fn gradient_transform<E: Real>(
 }
 
 /// One task's share of the weight gradient: `M_ξ += D_ξ·V_ξᵀ` (`[16, C', C]`) over the tiles
-/// of the samples in `x` and `dy`, a group of about 256 tiles at a time, and `∂ℓ/∂b`'s sums.
+/// of the samples in `x` and `dy`, a group of about [`TILES`] tiles at a time, and `∂ℓ/∂b`'s
+/// sums.
 #[inline(always)]
 fn weight_gradient_chunk<E: Real>(
     g: &Geometry,
@@ -322,7 +329,7 @@ fn weight_gradient_chunk<E: Real>(
     let tw = w.div_ceil(2);
     let tiles = h.div_ceil(2) * tw;
     let zero = E::default();
-    let group = (256 / tiles).max(1);
+    let group = (TILES / tiles).max(1);
     let (xs, ys) = (x.chunks(group * c * h * w), dy.chunks(group * cout * h * w));
     for (xg, dyg) in xs.zip(ys) {
         let nt = xg.len() / (c * h * w) * tiles;
