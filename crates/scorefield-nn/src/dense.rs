@@ -14,8 +14,9 @@
 //! (`calloc`: a serial `memset` of the whole output), a separate bias pass and a separate SiLU
 //! pass. The backward computes `∂ℓ/∂z` in the same blocks and the two products on every thread
 //! (the `gemm` crate splits their outputs, never a sum, and `∂ℓ/∂b` adds at most 16 partial sums
-//! in order: the result does not depend on the thread count). Every
-//! other backend and float type runs Burn's `Linear` and the crate's [`silu`](crate::silu).
+//! in order: the result does not depend on the thread count). Every other backend and float
+//! type, and an input of the wrong width, runs Burn's `Linear` and the crate's
+//! [`silu`](crate::silu).
 
 use burn::nn::Linear;
 use burn::tensor::Tensor;
@@ -37,7 +38,9 @@ fn dense(layer: &Linear, x: Tensor<2>, silu: bool) -> Tensor<2> {
         let others = [(w.dtype(), w.device())]
             .into_iter()
             .chain(b.as_ref().map(|b| (b.dtype(), b.device())));
-        if crate::flex::on_flex_in(x.dtype(), x.device(), others) {
+        // A mismatched width takes Burn's path, which rejects it as it always did.
+        let fits = x.dims()[1] == w.dims()[0];
+        if fits && crate::flex::on_flex_in(x.dtype(), x.device(), others) {
             return fused::run(x, w, b, silu);
         }
     }
@@ -451,6 +454,17 @@ mod tests {
         let minus = values(loss(x.sub(u.mul_scalar(h))))[0];
         let fd = (plus - minus) / (2.0 * h);
         assert!((analytic - fd).abs() <= 1e-7 * fd.abs().max(1.0), "{analytic} vs {fd}");
+    }
+
+    #[test]
+    fn a_mismatched_width_is_refused_as_burn_refuses_it() {
+        use std::panic::{AssertUnwindSafe, catch_unwind};
+        let dev = device();
+        let layer = LinearConfig::new(4, 3).init(&dev);
+        let x = random([5, 3], 1, DType::F64, &dev); // 3 features for a 4-feature layer
+        let fused = catch_unwind(AssertUnwindSafe(|| linear_silu(&layer, x.clone())));
+        let stock = catch_unwind(AssertUnwindSafe(|| layer.forward(x)));
+        assert!(fused.is_err() && stock.is_err());
     }
 
     #[test]
