@@ -406,7 +406,7 @@ mod fused {
         use rayon::prelude::*;
 
         use crate::conv::ConvAlgorithm;
-        use crate::flex::{Real, matmul};
+        use crate::flex::{Real, matmul, sum_in_order};
 
         /// The shape of one call (see the module docs for the symbols).
         #[derive(Clone, Copy, Debug)]
@@ -677,16 +677,7 @@ mod fused {
                     (acc.dw, acc.db)
                 })
                 .collect();
-            let mut dw = vec![E::default(); g.cout * k];
-            let mut db = vec![0.0f64; g.cout];
-            for (pw, pb) in &partial {
-                for (a, &b) in dw.iter_mut().zip(pw) {
-                    *a += b;
-                }
-                for (a, &b) in db.iter_mut().zip(pb) {
-                    *a += b;
-                }
-            }
+            let (dw, db) = sum_in_order(&partial, (g.cout * k, g.cout));
             (want_dx.then_some(dx), dw, db.into_iter().map(E::of).collect())
         }
     }

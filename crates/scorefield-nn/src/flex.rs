@@ -219,6 +219,25 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     e * f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23)
 }
 
+/// The tasks' partial sums `(a, b)` (a weight gradient in the kernel's float type, a bias
+/// gradient in f64) added in task order, into vectors of lengths `len`: the same result on any
+/// number of threads.
+pub(crate) fn sum_in_order<E: Real>(
+    partials: &[(Vec<E>, Vec<f64>)],
+    len: (usize, usize),
+) -> (Vec<E>, Vec<f64>) {
+    let (mut a, mut b) = (vec![E::default(); len.0], vec![0.0f64; len.1]);
+    for (pa, pb) in partials {
+        for (s, &v) in a.iter_mut().zip(pa) {
+            *s += v;
+        }
+        for (s, &v) in b.iter_mut().zip(pb) {
+            *s += v;
+        }
+    }
+    (a, b)
+}
+
 /// A matrix operand: its storage and its row and column strides.
 pub(crate) type Mat<'a, E> = (&'a [E], usize, usize);
 

@@ -25,7 +25,7 @@ use rayon::prelude::*;
 
 use super::ConvAlgorithm;
 use super::fused::kernel::Geometry;
-use crate::flex::{Real, matmul};
+use crate::flex::{Real, matmul, sum_in_order};
 
 /// Tiles per task (whole samples, at least one): small enough that a task's `V` and `M`
 /// (`16·(C + C')` values per tile, 1 MB at 128 + 128 channels) stay near the core's cache.
@@ -374,16 +374,7 @@ pub(super) fn weight_gradient<E: Real>(g: &Geometry, x: &[E], dy: &[E]) -> (Vec<
             (m, db)
         })
         .collect();
-    let mut m = vec![E::default(); 16 * cout * c];
-    let mut db = vec![0.0f64; cout];
-    for (pm, pb) in &partial {
-        for (a, &b) in m.iter_mut().zip(pm) {
-            *a += b;
-        }
-        for (a, &b) in db.iter_mut().zip(pb) {
-            *a += b;
-        }
-    }
+    let (m, db) = sum_in_order(&partial, (16 * cout * c, cout));
     // ∂ℓ/∂W = Gᵀ·M·G per pair, Gᵀ·(m₀, m₁, m₂, m₃) = (m₀ + ½(m₁ + m₂), ½(m₁ − m₂), ½(m₁ + m₂) + m₃).
     let half = E::of(0.5);
     let gt = |m0: E, m1: E, m2: E, m3: E| {
