@@ -12,9 +12,9 @@
 //! block's product accumulated onto it by the `gemm` crate and the SiLU applied while the block
 //! is in cache. burn-flex composes the same layer from a product into a zero-filled buffer
 //! (`calloc`: a serial `memset` of the whole output), a separate bias pass and a separate SiLU
-//! pass. The backward computes `∂ℓ/∂z` in the same blocks and the two products on every thread
-//! (the `gemm` crate splits their outputs, never a sum, and `∂ℓ/∂b` adds at most 16 partial sums
-//! in order: the result does not depend on the thread count). Every other backend and float
+//! pass. The backward computes `∂ℓ/∂z` with the SiLU's own backward pass and the two products
+//! on every thread (the `gemm` crate splits their outputs, never a sum, and `∂ℓ/∂b` adds at
+//! most 16 partial sums in order: the result does not depend on the thread count). Every other backend and float
 //! type, and an input of the wrong width, runs Burn's `Linear` and the crate's
 //! [`silu`](crate::silu).
 
@@ -202,27 +202,22 @@ mod fused {
         use std::mem::MaybeUninit;
 
         use super::*;
+        use crate::silu::{silu_map, silu_of};
 
         /// Rows per block: a block's output, `256·n` values, stays in cache between the
         /// product, the bias and the SiLU.
         const ROWS: usize = 256;
 
-        /// `z·σ(z)`.
-        #[inline(always)]
-        fn silu<E: Real>(z: E) -> E {
-            z / (E::ONE + (-z).exp())
-        }
-
         /// Writes `row` into every row of `out` (rows of `row.len()`) and returns it
         /// initialised.
         #[inline(always)]
         fn init_rows<'a, E: Real>(out: &'a mut [MaybeUninit<E>], row: &[E]) -> &'a mut [E] {
+            assert!(out.len().is_multiple_of(row.len()), "whole rows");
             for chunk in out.chunks_exact_mut(row.len()) {
                 for (v, &r) in chunk.iter_mut().zip(row) {
                     v.write(r);
                 }
             }
-            assert!(out.len().is_multiple_of(row.len()), "whole rows");
             // SAFETY: every element was written just above; `MaybeUninit<E>` has `E`'s layout.
             unsafe { &mut *(out as *mut [MaybeUninit<E>] as *mut [E]) }
         }
@@ -236,32 +231,24 @@ mod fused {
             n: usize,
             x: &[E],
             w: &[E],
-            b: Option<&[E]>,
+            b: &[E],
             silu_after: bool,
             y: &mut [MaybeUninit<E>],
             z: Option<&mut [MaybeUninit<E>]>,
         ) {
             let rows = y.len() / n;
-            let zeros;
-            let b = match b {
-                Some(b) => b,
-                None => {
-                    zeros = vec![E::default(); n];
-                    &zeros
-                }
-            };
             let y = init_rows(y, b);
             matmul(rows, n, k, y, true, (x, k, 1), (w, n, 1));
             if let Some(z) = z {
                 init_rows(z, y);
             }
             if silu_after {
-                y.iter_mut().for_each(|v| *v = silu(*v));
+                y.iter_mut().for_each(|v| *v = silu_of(*v));
             }
         }
 
         crate::flex::avx2_twin!(forward_block, forward_block_avx2, forward_block_dispatch,
-            (k: usize, n: usize, x: &[E], w: &[E], b: Option<&[E]>, silu_after: bool,
+            (k: usize, n: usize, x: &[E], w: &[E], b: &[E], silu_after: bool,
              y: &mut [MaybeUninit<E>], z: Option<&mut [MaybeUninit<E>]>));
 
         /// `(y, z)`: `y = silu?(x·W + b)` and, if `keep_z`, `z = x·W + b`. The outputs are
@@ -277,6 +264,8 @@ mod fused {
             silu: bool,
             keep_z: bool,
         ) -> (Vec<E>, Option<Vec<E>>) {
+            let zeros = if b.is_none() { vec![E::default(); n] } else { Vec::new() };
+            let b = b.unwrap_or(&zeros);
             let mut y = Vec::with_capacity(m * n);
             let mut z = keep_z.then(|| Vec::with_capacity(m * n));
             let ys = y.spare_capacity_mut()[..m * n].par_chunks_mut(ROWS * n);
@@ -302,19 +291,7 @@ mod fused {
             (y, z)
         }
 
-        /// `dz = dy·σ(z)·(1 + z·(1 − σ(z)))` on one block.
-        #[inline(always)]
-        fn silu_backward_block<E: Real>(dy: &[E], z: &[E], dz: &mut [MaybeUninit<E>]) {
-            for ((d, &g), &z) in dz.iter_mut().zip(dy).zip(z) {
-                let s = E::ONE / (E::ONE + (-z).exp());
-                d.write(g * s * (E::ONE + z * (E::ONE - s)));
-            }
-        }
-
-        crate::flex::avx2_twin!(silu_backward_block, silu_backward_block_avx2,
-            silu_backward_block_dispatch, (dy: &[E], z: &[E], dz: &mut [MaybeUninit<E>]));
-
-        /// `(∂ℓ/∂x if wanted, ∂ℓ/∂W, ∂ℓ/∂b)`: `∂ℓ/∂z` in parallel blocks (after a SiLU), the two
+        /// `(∂ℓ/∂x if wanted, ∂ℓ/∂W, ∂ℓ/∂b)`: `∂ℓ/∂z` (after a SiLU, by its backward), the two
         /// products on every thread, `∂ℓ/∂b` from at most 16 partial column sums of
         /// consecutive rows added in order.
         #[allow(clippy::too_many_arguments)]
@@ -328,16 +305,8 @@ mod fused {
             z: Option<&[E]>,
             want_dx: bool,
         ) -> (Option<Vec<E>>, Vec<E>, Vec<E>) {
-            let silu_dz = z.map(|z| {
-                let mut dz = Vec::with_capacity(m * n);
-                dz.spare_capacity_mut()[..m * n]
-                    .par_chunks_mut(ROWS * n)
-                    .zip(dy.par_chunks(ROWS * n).zip(z.par_chunks(ROWS * n)))
-                    .for_each(|(dz, (dy, z))| silu_backward_block_dispatch(dy, z, dz));
-                // SAFETY: the blocks cover all m·n elements and each wrote all of its own.
-                unsafe { dz.set_len(m * n) };
-                dz
-            });
+            // After a SiLU, ∂ℓ/∂z = ∂ℓ/∂y·silu′(z): the SiLU's own backward pass.
+            let silu_dz = z.map(|z| silu_map(z, Some(dy)));
             let dz = silu_dz.as_deref().unwrap_or(dy);
             // ∂ℓ/∂W = xᵀ·dz  (xᵀ: row stride 1, column stride k)
             let mut dw = vec![E::default(); k * n];

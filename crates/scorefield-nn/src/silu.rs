@@ -16,6 +16,8 @@ use burn::tensor::activation::silu as stock_silu;
 
 #[cfg(feature = "flex")]
 pub use fused::SiluBackend;
+#[cfg(feature = "flex")]
+pub(crate) use fused::{map as silu_map, silu_of};
 
 /// `x·σ(x)` elementwise, fused on `flex` (see the [module docs](self)), Burn's `silu`
 /// elsewhere.
@@ -109,13 +111,19 @@ mod fused {
         }
     }
 
+    /// `x·σ(x)`.
+    #[inline(always)]
+    pub(crate) fn silu_of<E: Real>(x: E) -> E {
+        x / (E::ONE + (-x).exp())
+    }
+
     /// `out = x·σ(x)`, or `out = g·σ(x)·(1 + x·(1 − σ(x)))` with a gradient, on one block.
     #[inline(always)]
     fn block<E: Real>(x: &[E], g: Option<&[E]>, out: &mut [E]) {
         match g {
             None => {
                 for (o, &x) in out.iter_mut().zip(x) {
-                    *o = x / (E::ONE + (-x).exp());
+                    *o = silu_of(x);
                 }
             }
             Some(g) => {
@@ -132,7 +140,9 @@ mod fused {
     /// Elements per parallel task.
     const BLOCK: usize = 1 << 15;
 
-    fn map<E: Real>(x: &[E], g: Option<&[E]>) -> Vec<E> {
+    /// `x·σ(x)`, or with `g` the gradient `g·σ(x)·(1 + x·(1 − σ(x)))`, elementwise in parallel
+    /// blocks.
+    pub(crate) fn map<E: Real>(x: &[E], g: Option<&[E]>) -> Vec<E> {
         let mut out = vec![E::default(); x.len()];
         out.par_chunks_mut(BLOCK).enumerate().for_each(|(i, out)| {
             let x = &x[i * BLOCK..][..out.len()];

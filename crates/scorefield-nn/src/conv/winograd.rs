@@ -69,9 +69,10 @@ fn transform_weights<E: Real>(w: &[E], cout: usize, c: usize) -> Vec<E> {
     u
 }
 
-/// Scratch of one task: `V` (`[16, C, tiles]`), `M` (`[16, C', tiles]`), one tile row's
-/// input rows split into even and odd columns (reused by the output transform for an output
-/// row's even and odd columns), and its half-transformed values.
+/// Scratch of one task: `V` (`[16, C, tiles]`), `M` (`[16, C', tiles]`; the weight gradient
+/// keeps the transformed output gradient `D`, of the same shape, there), one tile row's input
+/// rows split into even and odd columns (reused by the output transform for an output row's
+/// even and odd columns), and its half-transformed values.
 #[derive(Default)]
 struct Scratch<E> {
     v: Vec<E>,

@@ -543,7 +543,7 @@ fn read_back(
             }
         }
     }
-    merged.loss = if n_ranks == 1 { sum } else { sum / n_ranks.max(1) as f64 };
+    merged.loss = sum / n_ranks.max(1) as f64; // the mean over the ranks
     let grad_norm = if has_norm { take(1)[0].sqrt() } else { 0.0 };
     if !grad_norm.is_finite() {
         return Err(Error::NonFinite { context: format!("gradient norm at step {step}") });
