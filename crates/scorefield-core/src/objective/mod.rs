@@ -16,12 +16,60 @@ pub use elbo::{ElboLoss, EpsilonElbo, ModelVariance, VlbTerms};
 pub use exact::{DataLevel, ExactScoreMatching};
 pub use sliced::{Projection, SlicedScoreMatching};
 
+use std::cell::Cell;
+
 use burn::tensor::Tensor;
 use rand::RngCore;
 
 use crate::condition::{Condition, ConditionalScoreModel, Given, Labels};
 use crate::error::{Error, Result};
 use crate::score::NoiseLevel;
+
+thread_local! {
+    /// Whether [`without_data_check`] is running on this thread.
+    static DATA_CHECK_DEFERRED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with the objectives' check that the data batch is finite left out.
+///
+/// Every objective of this crate checks its batch `x₀` before the loss and errors with
+/// [`Error::NonFinite`] on a NaN or an infinity: one device-to-host read, which on a GPU
+/// stalls the queue until the batch is computed. A training loop that checks the loss itself
+/// later (as `scorefield-nn`'s `Trainer::step_deferred` does) runs the objective inside this
+/// function: non-finite data then shows as a non-finite loss. The shape checks stay. Applies
+/// to this thread, for the duration of `f` (also if `f` panics).
+///
+/// ```
+/// use burn::tensor::Tensor;
+/// use rand::SeedableRng;
+/// use scorefield_core::analytic::Gaussian;
+/// use scorefield_core::objective::{DenoisingScoreMatching, Objective, without_data_check};
+///
+/// let device = scorefield_core::device("flex")?;
+/// let model = Gaussian::isotropic(&[0.0, 0.0], 1.0)?;
+/// let dsm = DenoisingScoreMatching::single(0.1)?;
+/// let x = Tensor::<2>::from_data([[f32::NAN, 0.0]], &device);
+/// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+/// assert!(dsm.loss(&model, x.clone(), &mut rng).is_err()); // checked: an error
+/// let out = without_data_check(|| dsm.loss(&model, x, &mut rng))?; // left to the caller
+/// assert!(out.loss.into_scalar::<f64>().is_nan());
+/// # Ok::<(), scorefield_core::Error>(())
+/// ```
+pub fn without_data_check<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            DATA_CHECK_DEFERRED.set(self.0);
+        }
+    }
+    let _restore = Restore(DATA_CHECK_DEFERRED.replace(true));
+    f()
+}
+
+/// Whether the data checks are left out on this thread ([`without_data_check`]).
+pub(crate) fn data_check_deferred() -> bool {
+    DATA_CHECK_DEFERRED.get()
+}
 
 /// What an objective returns for one batch.
 #[derive(Debug, Clone)]
@@ -100,4 +148,42 @@ pub(crate) fn check_conditions<const D: usize, C: Condition>(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analytic::Gaussian;
+    use crate::objective::DenoisingScoreMatching;
+    use rand::SeedableRng;
+
+    /// Inside `without_data_check` a NaN batch passes the check (and gives a NaN loss); outside
+    /// it, before and after (also after a panic inside, and after nesting), it is an error;
+    /// empty batches are refused either way.
+    #[test]
+    fn the_data_check_is_left_out_only_inside_without_data_check() {
+        let device = crate::device("flex").unwrap();
+        let model = Gaussian::isotropic(&[0.0, 0.0], 1.0).unwrap();
+        let dsm = DenoisingScoreMatching::single(0.1).unwrap();
+        let nan = Tensor::<2>::from_data([[f32::NAN, 0.0], [0.0, 1.0]], &device);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        let checked = |rng: &mut rand::rngs::StdRng| {
+            let err = dsm.loss(&model, nan.clone(), rng).unwrap_err();
+            assert!(matches!(err, Error::NonFinite { .. }), "{err}");
+        };
+        checked(&mut rng);
+        let out = without_data_check(|| {
+            without_data_check(|| {});
+            dsm.loss(&model, nan.clone(), &mut rng).unwrap()
+        });
+        assert!(out.loss.into_scalar::<f64>().is_nan());
+        assert!(!out.per_sample.into_data().iter::<f64>().next().unwrap().is_finite());
+        checked(&mut rng);
+        let panicked = std::panic::catch_unwind(|| without_data_check(|| panic!("inside")));
+        assert!(panicked.is_err());
+        checked(&mut rng);
+        let empty = Tensor::<2>::zeros([0, 2], &device);
+        let err = without_data_check(|| dsm.loss(&model, empty, &mut rng)).unwrap_err();
+        assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+    }
 }

@@ -323,8 +323,11 @@ impl<M: Module> Trainer<M> {
     /// and returns the new checkpoint's path. Atomic: `dir/LATEST` names the previous
     /// checkpoint until the new one is complete on disk, then the new one, and only then are
     /// older checkpoints (and partial ones left by a crash) deleted. See the
-    /// module docs for the layout.
+    /// module docs for the layout. Refuses ([`CheckpointError::Invalid`]) while
+    /// [deferred steps](Self::step_deferred) are unread: only a state whose losses were read
+    /// finite is saved.
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<PathBuf, CheckpointError> {
+        self.refuse_unread("save")?;
         let dir = dir.as_ref();
         fs::create_dir_all(dir).map_err(io_error(dir))?;
         let serialise = |what, r: Result<Bytes, burn::store::RecordError>| {
@@ -479,6 +482,7 @@ impl<M: Module> Trainer<M> {
             model_config: info.model_config,
             step: info.step,
             parallel: None,
+            deferred: None,
         })
     }
 }

@@ -74,7 +74,7 @@ use burn::tensor::{Device, distributed::DistributedContext};
 use scorefield_core::{Error, Result};
 
 use super::params::scale_grads;
-use super::trainer::{RankLosses, StepReport, TrainBatch, Trainer};
+use super::trainer::{RankLosses, TrainBatch, Trainer};
 
 /// How a [`Trainer`] splits each step's batch across ranks and reduces their gradients: one
 /// rank per CUDA device through Burn's all-reduce ([`devices`](Self::devices)), or `N` ranks
@@ -248,15 +248,15 @@ impl<M: Module> Trainer<M> {
         self.parallel.as_ref()
     }
 
-    /// [`Trainer::step`]: the batch split across the ranks (one without parallelism), every
-    /// rank's forward pass, the losses checked on the host, the backward passes and the mean
-    /// gradient, then [`apply_gradients`](Self::apply_gradients). A failing rank stops the
-    /// step before any backward pass, so no device waits on another.
-    pub(super) fn step_ranks<O, B, const D: usize>(
+    /// The first half of a step: the batch split across the ranks (one without parallelism),
+    /// every rank's forward pass, the backward passes and the mean gradient, with each rank's
+    /// losses (still on the device). A failing rank stops the step before any backward pass,
+    /// so no device waits on another. The trainer's state is unchanged.
+    pub(super) fn rank_gradients<O, B, const D: usize>(
         &mut self,
         objective: &O,
         batch: B,
-    ) -> Result<StepReport>
+    ) -> Result<(GradientsParams, Vec<RankLosses>)>
     where
         O: ?Sized,
         B: TrainBatch<M, O, D>,
@@ -331,7 +331,7 @@ impl<M: Module> Trainer<M> {
                 grads
             }
         };
-        self.apply_gradients(grads, losses)
+        Ok((grads, losses))
     }
 }
 

@@ -21,6 +21,13 @@
 //!                                                            (each post-hoc EMA profile, if on)
 //! ```
 //!
+//! [`Trainer::step`] reads its report (the losses and the gradient norm) back from the
+//! device before the update, in one transfer: on a GPU, one synchronisation per step.
+//! [`Trainer::step_deferred`] takes the same step without it (clipping on the device, the
+//! objective's data check left to the loss) and [`Trainer::read_deferred`] reads the reports
+//! of every step since the last read in one transfer; a non-finite value found then puts the
+//! trainer back where it was before those steps.
+//!
 //! [`Trainer::fit`] is the loop around the step, with callbacks for logging, checkpoints,
 //! progress and early stopping (`fit.rs`). The files: `trainer.rs` (the configuration and the
 //! step), `schedule.rs` (the learning-rate schedules), `params.rs` (the visitors over

@@ -55,6 +55,28 @@ pub(crate) fn scale_grads<M: Module>(model: &M, grads: &mut GradientsParams, fac
     model.visit(&mut Scale { grads, factor });
 }
 
+/// Multiplies every parameter gradient of `model` in `grads` by `factor` (shape `[1]`, on
+/// the gradients' device), without reading it.
+pub(crate) fn scale_grads_by<M: Module>(
+    model: &M,
+    grads: &mut GradientsParams,
+    factor: &Tensor<1>,
+) {
+    struct Scale<'a> {
+        grads: &'a mut GradientsParams,
+        factor: &'a Tensor<1>,
+    }
+    impl ModuleVisitor for Scale<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.remove::<D>(param.id) {
+                let factor = self.factor.clone().reshape([1; D]);
+                self.grads.register(param.id, g.mul(factor));
+            }
+        }
+    }
+    model.visit(&mut Scale { grads, factor });
+}
+
 /// `ema ← d·ema + (1 − d)·θ`, parameter by parameter (matched by [`ParamId`]), outside
 /// autodiff.
 pub(super) fn ema_update<M: Module>(model: &M, ema: M, decay: f64) -> M {

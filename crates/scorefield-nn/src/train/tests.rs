@@ -363,6 +363,126 @@ fn a_non_finite_loss_is_an_error_and_changes_nothing() {
     assert_eq!(run(&mut trainer, 1, 16, &dev), run(&mut twin, 1, 16, &dev));
 }
 
+/// `steps` steps on batches of 32 of the mixture, each taken by `step` or deferred; deferred
+/// steps are read after every third and at the end. The reports in step order.
+fn steps_read(trainer: &mut Trainer<ScoreMlp>, steps: usize, deferred: bool) -> Vec<StepReport> {
+    let (data, objective, dev) = (mixture(), ncsn(), device());
+    let mut reports = Vec::new();
+    for k in 0..steps {
+        let x = data.sample(32, &dev, &mut trainer.batch_rng());
+        if deferred {
+            trainer.step_deferred(&objective, x).unwrap();
+            if k % 3 == 2 || k + 1 == steps {
+                assert_eq!(trainer.deferred_steps(), k % 3 + 1);
+                reports.extend(trainer.read_deferred().unwrap());
+                assert_eq!(trainer.deferred_steps(), 0);
+            }
+        } else {
+            reports.push(trainer.step(&objective, x).unwrap());
+        }
+    }
+    reports
+}
+
+/// Deferred steps are `step`'s steps read later: without clipping bit for bit (the reports,
+/// the weights and the EMA; one rank or two simulated ones), with clipping (computed on the
+/// device) to f32 rounding.
+#[test]
+fn deferred_steps_are_the_steps_read_later() {
+    let dev = device();
+    for (clip, ranks) in [(None, 1), (None, 2), (Some(0.2), 1)] {
+        let config = TrainerConfig::new().with_grad_clip_norm(clip).with_seed(5);
+        let model = seeded(mlp_config(16).init(&dev), 6);
+        let mut sync = Trainer::new(model, "{}", config).unwrap();
+        if ranks > 1 {
+            sync.set_data_parallel(Some(DataParallel::simulated(ranks).unwrap())).unwrap();
+        }
+        let mut deferred = sync.clone();
+        let (want, got) = (steps_read(&mut sync, 7, false), steps_read(&mut deferred, 7, true));
+        assert_eq!(got.iter().map(|r| r.step).collect::<Vec<_>>(), (0..7).collect::<Vec<_>>());
+        let (pa, pb) = (params(sync.model()), params(deferred.model()));
+        let (ea, eb) = (params(sync.ema()), params(deferred.ema()));
+        if clip.is_none() {
+            assert_eq!(got, want, "{ranks} rank(s)");
+            assert_eq!((bits(&pa), bits(&ea)), (bits(&pb), bits(&eb)), "{ranks} rank(s)");
+            continue;
+        }
+        let norms: Vec<f64> = want.iter().map(|r| r.grad_norm).collect();
+        assert!(want.iter().all(|r| r.clip_scale < 1.0), "clipping in every step: {norms:?}");
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * a.abs().max(1.0);
+        for (w, g) in want.iter().zip(&got) {
+            assert_eq!((w.learning_rate, w.ema_decay), (g.learning_rate, g.ema_decay));
+            for (a, b) in
+                [(w.loss, g.loss), (w.grad_norm, g.grad_norm), (w.clip_scale, g.clip_scale)]
+            {
+                assert!(close(a, b), "step {}: {a} against {b}", w.step);
+            }
+        }
+        for (a, b) in pa.iter().flatten().zip(pb.iter().flatten()) {
+            assert!(close(*a, *b), "weights {a} against {b}");
+        }
+    }
+}
+
+/// A non-finite loss among deferred steps (here from a NaN in the data, which the deferred
+/// step leaves to the read) is found by the read, which puts the trainer back where it was
+/// before its first unread step: weights, EMA, Adam's moments and step counter, so that it
+/// trains on as a twin that never took them.
+#[test]
+fn a_non_finite_deferred_step_returns_the_trainer_to_its_last_read_state() {
+    let dev = device();
+    let config = TrainerConfig::new().with_seed(2);
+    let mut trainer = Trainer::new(seeded(mlp_config(8).init(&dev), 3), "{}", config).unwrap();
+    run(&mut trainer, 2, 16, &dev);
+    let (model, ema) = (bits(&params(trainer.model())), bits(&params(trainer.ema())));
+    let mut twin = trainer.clone();
+    let (data, objective) = (mixture(), ncsn());
+    for k in 0..4 {
+        let mut x = data.sample(16, &dev, &mut trainer.batch_rng());
+        if k == 2 {
+            x = x.slice_assign([0..1, 0..1], Tensor::from_data([[f32::NAN]], &dev));
+        }
+        trainer.step_deferred(&objective, x).unwrap();
+    }
+    assert_eq!((trainer.steps(), trainer.deferred_steps()), (6, 4));
+    let err = trainer.read_deferred().unwrap_err();
+    let context = "training loss at step 4 (the trainer is back at step 2)".to_string();
+    assert_eq!(err, Error::NonFinite { context });
+    assert_eq!((trainer.steps(), trainer.deferred_steps()), (2, 0));
+    assert_eq!((bits(&params(trainer.model())), bits(&params(trainer.ema()))), (model, ema));
+    assert_eq!(run(&mut trainer, 2, 16, &dev), run(&mut twin, 2, 16, &dev));
+    assert_eq!(bits(&params(trainer.model())), bits(&params(twin.model())));
+}
+
+/// While deferred steps are unread, `step` and `save` refuse (nothing saved, nothing
+/// changed); a deferred step the objective refuses changes nothing either.
+#[test]
+fn unread_deferred_steps_block_step_and_save() {
+    let dev = device();
+    let mut trainer = Trainer::new(mlp_config(8).init(&dev), "{}", TrainerConfig::new()).unwrap();
+    let (data, objective) = (mixture(), ncsn());
+    let x = data.sample(16, &dev, &mut trainer.batch_rng());
+    trainer.step_deferred(&objective, x.clone()).unwrap();
+    let err = trainer.step(&objective, x.clone()).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidParameter { name: "deferred steps", value, reason }
+            if value == "1" && reason.contains("read_deferred before Trainer::step")),
+        "{err}"
+    );
+    let dir = scratch("deferred-save");
+    let err = trainer.save(&dir).unwrap_err();
+    assert!(matches!(err, CheckpointError::Invalid(Error::InvalidParameter { .. })), "{err}");
+    assert!(!dir.join(LATEST).exists(), "nothing saved");
+    let wrong = Tensor::<2>::zeros([16, 3], &dev);
+    assert!(trainer.step_deferred(&objective, wrong).is_err(), "a batch of 3-d points");
+    assert_eq!((trainer.steps(), trainer.deferred_steps()), (1, 1));
+    assert_eq!(trainer.read_deferred().unwrap().len(), 1);
+    trainer.step(&objective, x).unwrap();
+    trainer.save(&dir).unwrap();
+    assert_eq!(read_checkpoint(&dir).unwrap().step, 2);
+    let _ = fs::remove_dir_all(dir);
+}
+
 /// The NCSN loss of `model`, averaged over 8 fixed batches of 256 with fixed noise.
 fn eval<M: ScoreModel<2>>(model: &M, dev: &Device) -> f64 {
     let (data, objective) = (mixture(), ncsn());

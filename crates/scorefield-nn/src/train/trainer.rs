@@ -7,11 +7,11 @@ use burn::tensor::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use scorefield_core::condition::Condition;
-use scorefield_core::objective::{ConditionalObjective, LossOutput};
+use scorefield_core::objective::{ConditionalObjective, LossOutput, without_data_check};
 use scorefield_core::{Error, Objective};
 
 use super::data_parallel::{DataParallel, shards};
-use super::params::{ema_update, grad_norm_squared, scale_grads};
+use super::params::{ema_update, grad_norm_squared, scale_grads, scale_grads_by};
 use super::posthoc_ema::{PostHocEma, PostHocTracker};
 use super::schedule::{LrDecay, LrScheduleState, validate_decay};
 
@@ -204,6 +204,8 @@ pub struct Trainer<M: Module> {
     pub(super) step: u64,
     /// Data parallelism across ranks (`None`: one rank, the model's device).
     pub(super) parallel: Option<DataParallel>,
+    /// The steps of [`Trainer::step_deferred`] not yet read, and the state before them.
+    pub(super) deferred: Option<Deferred<M>>,
 }
 
 impl<M: Module> std::fmt::Debug for Trainer<M> {
@@ -214,6 +216,7 @@ impl<M: Module> std::fmt::Debug for Trainer<M> {
             .field("model_config", &self.model_config)
             .field("parameters", &self.model.num_params())
             .field("parallel", &self.parallel)
+            .field("deferred_steps", &self.deferred_steps())
             .finish_non_exhaustive()
     }
 }
@@ -329,8 +332,19 @@ impl<M: Module> Trainer<M> {
             None => None,
         };
         let model_config = model_config.into();
-        let (step, parallel) = (0, None);
-        Ok(Self { model, ema, optimizer, schedule, posthoc, config, model_config, step, parallel })
+        let (step, parallel, deferred) = (0, None, None);
+        Ok(Self {
+            model,
+            ema,
+            optimizer,
+            schedule,
+            posthoc,
+            config,
+            model_config,
+            step,
+            parallel,
+            deferred,
+        })
     }
 
     /// The model being trained (its parameters on the autodiff device). For evaluation
@@ -388,7 +402,8 @@ impl<M: Module> Trainer<M> {
     /// Errors with [`Error::NonFinite`] if the loss or the gradient norm is NaN or infinite,
     /// with [`Error::InvalidParameter`] if the batch does not split evenly across the ranks,
     /// and with the objective's error if it fails; the model, the EMA, Adam's state and the
-    /// step counter are then unchanged.
+    /// step counter are then unchanged. Errors with [`Error::InvalidParameter`] while
+    /// [deferred steps](Self::step_deferred) are unread.
     pub fn step<O, B, const D: usize>(
         &mut self,
         objective: &O,
@@ -398,7 +413,130 @@ impl<M: Module> Trainer<M> {
         O: ?Sized,
         B: TrainBatch<M, O, D>,
     {
-        self.step_ranks(objective, batch)
+        self.refuse_unread("step")?;
+        let (grads, ranks) = self.rank_gradients(objective, batch)?;
+        self.apply_gradients(grads, ranks)
+    }
+
+    /// One optimisation step with no read from the device: the same update as
+    /// [`step`](Self::step), with the checks that need a read (the data and the loss finite,
+    /// the gradient norm for clipping) left on the device. On a GPU the host then queues the
+    /// next step while this one runs; [`read_deferred`](Self::read_deferred) reads the steps'
+    /// reports, every so many steps, in one transfer.
+    ///
+    /// - Clipping runs on the device: `g ← g · min(1, c/‖g‖₂)` with the norm in the
+    ///   gradients' dtype (`step` computes the factor in f64 on the host), so a clipped run
+    ///   agrees with `step`'s to the float type's rounding; without clipping it is `step`'s
+    ///   run bit for bit.
+    /// - The objective runs inside [`without_data_check`]: non-finite data shows as a
+    ///   non-finite loss at the read.
+    /// - Until the read, the trainer keeps its state from before the first unread step (the
+    ///   model, the EMA, Adam's moments: one more copy of each on the device), to return to
+    ///   if the read finds a non-finite value.
+    ///
+    /// Errors (with nothing changed) as [`step`](Self::step) for what the host can see: the
+    /// batch does not split across the ranks, or the objective refuses the batch's shape,
+    /// dtype or parameters.
+    ///
+    /// ```
+    /// use scorefield_core::analytic::GaussianMixture;
+    /// use scorefield_core::objective::DenoisingScoreMatching;
+    /// use scorefield_core::schedule::GeometricSigmas;
+    /// use scorefield_nn::{ScoreMlpConfig, Trainer, TrainerConfig};
+    ///
+    /// let device = scorefield_core::device("flex")?;
+    /// let data = GaussianMixture::new(&[0.5, 0.5], &[vec![-1.0, 0.0], vec![1.0, 0.0]], &[0.2, 0.2])?;
+    /// let config = TrainerConfig::new().with_batch_size(64);
+    /// let mut trainer = Trainer::from_config(&ScoreMlpConfig::new(2).with_hidden(32), config, &device)?;
+    /// let objective = DenoisingScoreMatching::multi_scale(&GeometricSigmas::ncsn(), 10)?;
+    /// for _ in 0..10 {
+    ///     let batch = data.sample(64, &device, &mut trainer.batch_rng());
+    ///     trainer.step_deferred(&objective, batch)?;
+    /// }
+    /// let reports = trainer.read_deferred()?; // one read for the ten steps
+    /// assert_eq!((reports.len(), reports[9].step, trainer.steps()), (10, 9, 10));
+    /// # Ok::<(), scorefield_core::Error>(())
+    /// ```
+    pub fn step_deferred<O, B, const D: usize>(
+        &mut self,
+        objective: &O,
+        batch: B,
+    ) -> scorefield_core::Result<()>
+    where
+        O: ?Sized,
+        B: TrainBatch<M, O, D>,
+    {
+        let (mut grads, ranks) = without_data_check(|| self.rank_gradients(objective, batch))?;
+        let norm_squared = grad_norm_squared(&self.model, &grads);
+        if let (Some(c), Some(n2)) = (self.config.grad_clip_norm, &norm_squared) {
+            // min(1, c/‖g‖): 1 for a zero gradient (c/0 = ∞), NaN for a NaN norm.
+            let factor = n2.clone().sqrt().recip().mul_scalar(c).clamp_max(1.0);
+            scale_grads_by(&self.model, &mut grads, &factor);
+        }
+        let step = self.step;
+        let (before, mut steps) = match self.deferred.take() {
+            Some(Deferred { before, steps }) => (before, steps),
+            None => (Box::new(self.clone()), Vec::new()),
+        };
+        let (learning_rate, ema_decay) = self.update(grads);
+        steps.push(PendingStep { step, learning_rate, ema_decay, ranks, norm_squared });
+        self.deferred = Some(Deferred { before, steps });
+        Ok(())
+    }
+
+    /// The reports of the [deferred steps](Self::step_deferred) not yet read, in step order,
+    /// read from the device in one transfer (empty if there are none).
+    ///
+    /// Errors with [`Error::NonFinite`] if a loss or a gradient norm of any of them is NaN or
+    /// infinite (the message names the first such step): the trainer then returns to its
+    /// state before the first unread step (the model, the EMA, Adam's state, the post-hoc EMA
+    /// and the step counter), as if none of them had been taken.
+    pub fn read_deferred(&mut self) -> scorefield_core::Result<Vec<StepReport>> {
+        let Some(Deferred { before, steps }) = self.deferred.take() else {
+            return Ok(Vec::new());
+        };
+        let meta: Vec<_> = steps.iter().map(|p| (p.step, p.learning_rate, p.ema_decay)).collect();
+        let read = read_back(steps.into_iter().map(|p| (p.step, p.ranks, p.norm_squared)));
+        let values = match read {
+            Ok(values) => values,
+            Err(e) => {
+                let parallel = self.parallel.take();
+                *self = *before;
+                self.parallel = parallel;
+                let back = self.step;
+                return Err(match e {
+                    Error::NonFinite { context } => Error::NonFinite {
+                        context: format!("{context} (the trainer is back at step {back})"),
+                    },
+                    other => other,
+                });
+            }
+        };
+        let clip = self.config.grad_clip_norm;
+        let reports = meta.into_iter().zip(values);
+        Ok(reports
+            .map(|((step, learning_rate, ema_decay), (losses, grad_norm))| {
+                let clip_scale = clip_scale(clip, grad_norm);
+                StepReport::new(step, losses, grad_norm, clip_scale, learning_rate, ema_decay)
+            })
+            .collect())
+    }
+
+    /// The number of [deferred steps](Self::step_deferred) not yet read.
+    pub fn deferred_steps(&self) -> usize {
+        self.deferred.as_ref().map_or(0, |d| d.steps.len())
+    }
+
+    /// [`Error::InvalidParameter`] if deferred steps are unread (`what` needs them read).
+    pub(super) fn refuse_unread(&self, what: &str) -> scorefield_core::Result<()> {
+        match self.deferred_steps() {
+            0 => Ok(()),
+            n => Err(Error::invalid(
+                "deferred steps",
+                n,
+                format!("unread: call Trainer::read_deferred before Trainer::{what}"),
+            )),
+        }
     }
 
     /// The generator of rank `rank`'s objective at the current step, seeded by
@@ -426,25 +564,50 @@ impl<M: Module> Trainer<M> {
     ) -> scorefield_core::Result<StepReport> {
         let step = self.step;
         let norm_squared = grad_norm_squared(&self.model, &grads);
-        let (losses, grad_norm) = read_back(ranks, norm_squared, step)?;
-        let clip_scale = match self.config.grad_clip_norm {
-            Some(c) if grad_norm > c => c / grad_norm,
-            _ => 1.0,
-        };
+        let read = read_back([(step, ranks, norm_squared)])?.pop();
+        let (losses, grad_norm) = read.expect("one step read");
+        let clip_scale = clip_scale(self.config.grad_clip_norm, grad_norm);
         if clip_scale < 1.0 {
             scale_grads(&self.model, &mut grads, clip_scale);
         }
+        let (learning_rate, ema_decay) = self.update(grads);
+        Ok(StepReport::new(step, losses, grad_norm, clip_scale, learning_rate, ema_decay))
+    }
 
+    /// Adam with the (clipped) gradient, the EMA, the step counter and the post-hoc EMA: the
+    /// step's learning rate and EMA decay.
+    fn update(&mut self, grads: GradientsParams) -> (f64, f64) {
         let learning_rate = self.schedule.advance();
         self.model = self.optimizer.step(learning_rate, self.model.clone(), grads);
-        let ema_decay = self.config.ema_decay_at(step);
+        let ema_decay = self.config.ema_decay_at(self.step);
         self.ema = ema_update(&self.model, self.ema.clone(), ema_decay);
         self.step += 1;
         if let Some(posthoc) = &mut self.posthoc {
             posthoc.update(&self.model, self.step);
         }
+        (learning_rate, ema_decay)
+    }
+}
+
+/// `min(1, c/‖g‖₂)` for clipping at `c` (1 without clipping).
+fn clip_scale(clip: Option<f64>, grad_norm: f64) -> f64 {
+    match clip {
+        Some(c) if grad_norm > c => c / grad_norm,
+        _ => 1.0,
+    }
+}
+
+impl StepReport {
+    fn new(
+        step: u64,
+        losses: BatchLosses,
+        grad_norm: f64,
+        clip_scale: f64,
+        learning_rate: f64,
+        ema_decay: f64,
+    ) -> Self {
         let BatchLosses { loss, per_sample, sigma, t } = losses;
-        Ok(StepReport {
+        StepReport {
             step,
             loss,
             learning_rate,
@@ -454,8 +617,27 @@ impl<M: Module> Trainer<M> {
             per_sample,
             sigma,
             t,
-        })
+        }
     }
+}
+
+/// The [deferred steps](Trainer::step_deferred) not yet read, and the trainer before them.
+#[derive(Clone)]
+pub(super) struct Deferred<M: Module> {
+    /// The trainer before the first of them (with no deferred steps of its own).
+    before: Box<Trainer<M>>,
+    steps: Vec<PendingStep>,
+}
+
+/// What a deferred step leaves to be read: its values on the host, its losses and squared
+/// gradient norm on the device.
+#[derive(Clone, Debug)]
+struct PendingStep {
+    step: u64,
+    learning_rate: f64,
+    ema_decay: f64,
+    ranks: Vec<RankLosses>,
+    norm_squared: Option<Tensor<1>>,
 }
 
 /// The losses of a step's whole batch, on the host: what [`StepReport`] shows of them.
@@ -492,61 +674,71 @@ impl RankLosses {
     }
 }
 
-/// The ranks' losses merged in rank order and the gradient norm `√norm_squared`, read from
-/// the device in one transfer (everything concatenated on the first rank's device, in its
-/// loss's dtype), each loss and the norm checked finite.
+/// For each step `(index, ranks, ‖g‖²)`: the ranks' losses merged in rank order and the
+/// gradient norm `√‖g‖²`, every step's values read from the device in one transfer (all
+/// concatenated on the first one's device, in its dtype), each loss and norm checked finite
+/// (the error names the first step, in order, with a non-finite one).
 fn read_back(
-    ranks: Vec<RankLosses>,
-    norm_squared: Option<Tensor<1>>,
-    step: u64,
-) -> scorefield_core::Result<(BatchLosses, f64)> {
-    let n_ranks = ranks.len();
-    let first = ranks.first().map(|r| r.loss.clone()).or(norm_squared.clone());
-    let Some(first) = first else { return Ok((BatchLosses::default(), 0.0)) };
-    let (device, dtype) = (first.device(), first.dtype());
-    let mut pieces = Vec::new();
-    let mut layout = Vec::new(); // (elements per sample vector, has a level) per rank
-    for rank in ranks {
-        layout.push((rank.per_sample.dims()[0], rank.level.is_some()));
-        pieces.extend([rank.loss, rank.per_sample]);
-        if let Some((sigma, t)) = rank.level {
-            pieces.extend([sigma, t]);
+    steps: impl IntoIterator<Item = (u64, Vec<RankLosses>, Option<Tensor<1>>)>,
+) -> scorefield_core::Result<Vec<(BatchLosses, f64)>> {
+    let mut pieces: Vec<Tensor<1>> = Vec::new();
+    // Per step: its index, and per rank (elements per sample vector, has a level); has a norm.
+    let mut layouts = Vec::new();
+    for (step, ranks, norm_squared) in steps {
+        let mut layout = Vec::new();
+        for rank in ranks {
+            layout.push((rank.per_sample.dims()[0], rank.level.is_some()));
+            pieces.extend([rank.loss, rank.per_sample]);
+            if let Some((sigma, t)) = rank.level {
+                pieces.extend([sigma, t]);
+            }
         }
+        layouts.push((step, layout, norm_squared.is_some()));
+        pieces.extend(norm_squared);
     }
-    let has_norm = norm_squared.is_some();
-    pieces.extend(norm_squared);
-    let pieces = pieces.into_iter().map(|p| p.to_device(&device).cast(dtype)).collect();
-    let host: Vec<f64> = Tensor::cat(pieces, 0).into_data().iter::<f64>().collect();
-
-    let mut merged =
-        BatchLosses { sigma: Some(Vec::new()), t: Some(Vec::new()), ..Default::default() };
+    let host: Vec<f64> = match pieces.first() {
+        Some(first) => {
+            let (device, dtype) = (first.device(), first.dtype());
+            let pieces = pieces.into_iter().map(|p| p.to_device(&device).cast(dtype)).collect();
+            Tensor::cat(pieces, 0).into_data().iter::<f64>().collect()
+        }
+        None => Vec::new(),
+    };
     let mut rest = host.as_slice();
     let mut take = |n: usize| {
         let (head, tail) = rest.split_at(n);
         rest = tail;
         head
     };
-    let mut sum = 0.0;
-    for (rank, (len, has_level)) in layout.into_iter().enumerate() {
-        let loss = take(1)[0];
-        if !loss.is_finite() {
-            let on = if n_ranks > 1 { format!(" (rank {rank})") } else { String::new() };
-            return Err(Error::NonFinite { context: format!("training loss at step {step}{on}") });
-        }
-        sum += loss;
-        merged.per_sample.extend_from_slice(take(len));
-        for acc in [&mut merged.sigma, &mut merged.t] {
-            let values = if has_level { Some(take(len)) } else { None };
-            match (acc.as_mut(), values) {
-                (Some(a), Some(v)) => a.extend_from_slice(v),
-                _ => *acc = None,
+    let mut out = Vec::with_capacity(layouts.len());
+    for (step, layout, has_norm) in layouts {
+        let n_ranks = layout.len();
+        let mut merged =
+            BatchLosses { sigma: Some(Vec::new()), t: Some(Vec::new()), ..Default::default() };
+        let mut sum = 0.0;
+        for (rank, (len, has_level)) in layout.into_iter().enumerate() {
+            let loss = take(1)[0];
+            if !loss.is_finite() {
+                let on = if n_ranks > 1 { format!(" (rank {rank})") } else { String::new() };
+                let context = format!("training loss at step {step}{on}");
+                return Err(Error::NonFinite { context });
+            }
+            sum += loss;
+            merged.per_sample.extend_from_slice(take(len));
+            for acc in [&mut merged.sigma, &mut merged.t] {
+                let values = if has_level { Some(take(len)) } else { None };
+                match (acc.as_mut(), values) {
+                    (Some(a), Some(v)) => a.extend_from_slice(v),
+                    _ => *acc = None,
+                }
             }
         }
+        merged.loss = sum / n_ranks.max(1) as f64; // the mean over the ranks
+        let grad_norm = if has_norm { take(1)[0].sqrt() } else { 0.0 };
+        if !grad_norm.is_finite() {
+            return Err(Error::NonFinite { context: format!("gradient norm at step {step}") });
+        }
+        out.push((merged, grad_norm));
     }
-    merged.loss = sum / n_ranks.max(1) as f64; // the mean over the ranks
-    let grad_norm = if has_norm { take(1)[0].sqrt() } else { 0.0 };
-    if !grad_norm.is_finite() {
-        return Err(Error::NonFinite { context: format!("gradient norm at step {step}") });
-    }
-    Ok((merged, grad_norm))
+    Ok(out)
 }
