@@ -36,7 +36,7 @@ mod common;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
-use common::fit_on_pool;
+use common::{Steps, fit_on_pool};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use scorefield::Objective;
@@ -185,5 +185,6 @@ fn train<O: Objective<ScoreMlp, 2>>(
     data: &Tensor<2>,
     args: &Args,
 ) -> (f64, f64) {
-    fit_on_pool(model, objective, data, BATCH, POOL, args.warmup, args.steps)
+    let steps = Steps { warmup: args.warmup, timed: args.steps, read_every: 1 };
+    fit_on_pool(model, objective, data, BATCH, POOL, steps)
 }

@@ -1,7 +1,9 @@
 //! What the twin benches share: their command line and their one-line report.
 //!
 //! Every twin takes `--workload train|sample`, `--steps N` (training steps, or Langevin steps
-//! per level when sampling), `--warmup W` (untimed steps first) and `--threads T`. Threads:
+//! per level when sampling), `--warmup W` (untimed steps first), `--threads T` and, for
+//! training, `--read-every K` (`Trainer::step_deferred`, the reports read every `K` steps in
+//! one transfer; 1, the default, is `Trainer::fit`'s read per step). Threads:
 //! Burn's `flex` backend runs its parallel kernels on rayon's global pool, which `--threads`
 //! builds with `T` threads; without the flag rayon reads `RAYON_NUM_THREADS`, else uses one
 //! thread per core. Unknown arguments (`--bench`, passed by `cargo bench`) are ignored.
@@ -40,6 +42,8 @@ pub struct Args {
     pub threads: Option<usize>,
     /// The compiled-in backend (`flex` unless `--backend`).
     pub backend: String,
+    /// Training: read the steps' reports every this many steps (1: every step, `fit`).
+    pub read_every: usize,
 }
 
 /// Parses the command line; `default_steps` for each workload when `--steps` is absent. Exits
@@ -62,6 +66,7 @@ fn parse(default_steps: [usize; 2]) -> Result<Args, String> {
         warmup: 2,
         threads: None,
         backend: "flex".into(),
+        read_every: 1,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -79,6 +84,7 @@ fn parse(default_steps: [usize; 2]) -> Result<Args, String> {
             "--warmup" => out.warmup = number(value()?)?,
             "--threads" => out.threads = Some(number(value()?)?),
             "--backend" => out.backend = value()?,
+            "--read-every" => out.read_every = number(value()?)?.max(1),
             _ => {}
         }
     }
@@ -110,23 +116,36 @@ where
     M: Module + ScoreModel<D>,
 {
     let dsm = DenoisingScoreMatching::multi_scale(&GeometricSigmas::ncsn(), 10).expect("levels");
-    let (loss, seconds) = fit_on_pool(model, &dsm, &data, batch, pool, args.warmup, args.steps);
+    let steps = Steps { warmup: args.warmup, timed: args.steps, read_every: args.read_every };
+    let (loss, seconds) = fit_on_pool(model, &dsm, &data, batch, pool, steps);
     (loss as f32, seconds / args.steps.max(1) as f64)
 }
 
-/// `warmup` untimed, then `steps` timed steps of `Trainer::fit` with the trainer's defaults
-/// (Adam with lr 1e-3, β = (0.9, 0.999) and ε = 1e-8, PyTorch's defaults; the global gradient
-/// norm checked; EMA 0.999; the loss, the per-sample losses and levels read back) on the
-/// batches of `batch` rows of `data` in turn (`pool` of them). Returns the last loss and the
-/// seconds of the timed steps. Shared by the twins and `benches/objectives_twin.rs`.
+/// How many training steps [`fit_on_pool`] takes, and how it reads them.
+#[derive(Debug, Clone, Copy)]
+pub struct Steps {
+    /// Untimed steps first.
+    pub warmup: usize,
+    /// Timed steps.
+    pub timed: usize,
+    /// Read the reports every this many steps (1: `Trainer::fit`, a read per step).
+    pub read_every: usize,
+}
+
+/// `warmup` untimed, then `timed` timed steps of `Trainer::fit` with the trainer's
+/// defaults (Adam with lr 1e-3, β = (0.9, 0.999) and ε = 1e-8, PyTorch's defaults; the global
+/// gradient norm checked; EMA 0.999; the loss, the per-sample losses and levels read back) on
+/// the batches of `batch` rows of `data` in turn (`pool` of them); with `read_every > 1`,
+/// `Trainer::step_deferred` steps whose reports are read every `read_every` steps (and at the
+/// end of the warm-up and of the timed steps). Returns the last loss and the seconds of the
+/// timed steps. Shared by the twins and `benches/objectives_twin.rs`.
 pub fn fit_on_pool<M, O, const D: usize>(
     model: M,
     objective: &O,
     data: &Tensor<D>,
     batch: usize,
     pool: usize,
-    warmup: usize,
-    steps: usize,
+    steps: Steps,
 ) -> (f64, f64)
 where
     M: Module,
@@ -140,10 +159,27 @@ where
         taken += 1;
         Ok::<_, Infallible>(x)
     };
-    let warm = trainer.fit(objective, warmup as u64, &mut next, &mut []).expect("warm-up");
-    let until = (warmup + steps) as u64;
-    let timed = trainer.fit(objective, until, &mut next, &mut []).expect("training");
-    (timed.last.or(warm.last).map_or(f64::NAN, |report| report.loss), timed.seconds)
+    let Steps { warmup, timed, read_every } = steps;
+    let mut train = |trainer: &mut Trainer<M>, until: u64| -> (Option<f64>, f64) {
+        let start = Instant::now();
+        if read_every <= 1 {
+            let fit = trainer.fit(objective, until, &mut next, &mut []).expect("training");
+            return (fit.last.map(|report| report.loss), fit.seconds);
+        }
+        let mut last = None;
+        while trainer.steps() < until {
+            let x = next(&mut trainer.batch_rng()).expect("batch");
+            trainer.step_deferred(objective, x).expect("deferred step");
+            if trainer.deferred_steps() >= read_every || trainer.steps() == until {
+                let reports = trainer.read_deferred().expect("finite steps");
+                last = reports.last().map(|report| report.loss);
+            }
+        }
+        (last, start.elapsed().as_secs_f64())
+    };
+    let (warm, _) = train(&mut trainer, warmup as u64);
+    let (timed, seconds) = train(&mut trainer, (warmup + timed) as u64);
+    (timed.or(warm).unwrap_or(f64::NAN), seconds)
 }
 
 /// The sampling workload of both twins: NCSN's annealed Langevin (10 levels, step `ε`) from
