@@ -486,6 +486,39 @@ fn dsm_recovers_the_noisy_score_of_gaussian_data() {
     }
 }
 
+/// DSM with its noise drawn on the device: at the exact perturbed score of Gaussian data
+/// `N(μ, s²I)` (d = 2) and one level σ (unit weighting), the per-sample term is
+/// `½‖−(x₀ − μ)/v + z·s²/(σv)‖²`, `v = s² + σ²`, whose mean is `½·d·(s²/v² + q·s⁴/(σ²v²))` for
+/// noise of variance `q`: `q = 1` gives the closed form `½·d·s²/(σ²v)`, a noise of another
+/// variance or mean another value. Also: the loss is a function of the rng's seed, and
+/// differs from the host-noise loss of the same seed (another source of numbers).
+#[test]
+fn dsm_with_device_noise_has_the_closed_form_loss_and_follows_the_seed() {
+    let device = flex();
+    let (mu, s, sigma) = ([1.0, -0.5], 0.5, 0.3);
+    let data = Gaussian::isotropic(&mu, s).unwrap();
+    let dsm = DenoisingScoreMatching::single(sigma).unwrap().with_device_noise(true);
+    assert!(dsm.device_noise() && !DenoisingScoreMatching::single(sigma).unwrap().device_noise());
+    let n = 200_000;
+    let v = s * s + sigma * sigma;
+    let want = 0.5 * 2.0 * s * s / (sigma * sigma * v);
+    for dtype in [DType::F32, DType::F64] {
+        let x0 = data.sample(n, &device, &mut StdRng::seed_from_u64(1)).cast(dtype);
+        let out = dsm.loss(&data, x0.clone(), &mut StdRng::seed_from_u64(2)).unwrap();
+        let per_sample = values(out.per_sample);
+        let (mean, se) = mean_and_se(&per_sample);
+        eprintln!("device-noise DSM ({dtype:?}): {mean:.5} ± {se:.5}, closed form {want:.5}");
+        assert!((mean - want).abs() < 5.0 * se, "{mean} ± {se} against {want}");
+        let again = dsm.loss(&data, x0.clone(), &mut StdRng::seed_from_u64(2)).unwrap();
+        assert_eq!(scalar(again.loss), scalar(out.loss.clone()), "same seed, same loss");
+        let other = dsm.loss(&data, x0.clone(), &mut StdRng::seed_from_u64(3)).unwrap();
+        assert_ne!(scalar(other.loss), scalar(out.loss.clone()));
+        let host = DenoisingScoreMatching::single(sigma).unwrap();
+        let host = host.loss(&data, x0, &mut StdRng::seed_from_u64(2)).unwrap();
+        assert_ne!(scalar(host.loss), scalar(out.loss));
+    }
+}
+
 /// At the mixture oracle (its exact perturbed score at every level), the multi-scale and the
 /// continuous-time DSM losses are lower than at any perturbed oracle. Common random numbers:
 /// every candidate sees the same data, levels and noise.

@@ -57,7 +57,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use burn::tensor::Tensor;
+use burn::tensor::{Distribution as TensorDistribution, Tensor};
 use rand::distr::Distribution;
 use rand::distr::weighted::WeightedIndex;
 use rand::{Rng, RngCore};
@@ -128,6 +128,7 @@ pub struct DenoisingScoreMatching {
     weighting: Weighting,
     sampling: LevelSampling,
     sigma_data: f64,
+    device_noise: bool,
 }
 
 impl DenoisingScoreMatching {
@@ -141,6 +142,7 @@ impl DenoisingScoreMatching {
             levels: Levels::Discrete(vec![level]),
             weighting: Weighting::Unit,
             sampling: LevelSampling::Uniform,
+            device_noise: false,
             sigma_data: 0.5,
         })
     }
@@ -165,6 +167,7 @@ impl DenoisingScoreMatching {
             levels: Levels::Discrete(levels),
             weighting: Weighting::Variance,
             sampling: LevelSampling::Uniform,
+            device_noise: false,
             sigma_data: 0.5,
         })
     }
@@ -182,6 +185,7 @@ impl DenoisingScoreMatching {
             levels: Levels::Continuous { schedule: Arc::new(schedule), range: (lo, hi) },
             weighting: Weighting::Variance,
             sampling: LevelSampling::Uniform,
+            device_noise: false,
             sigma_data: 0.5,
         })
     }
@@ -200,6 +204,7 @@ impl DenoisingScoreMatching {
             levels: Levels::LogNormal { p_mean, p_std },
             weighting: Weighting::Edm,
             sampling: LevelSampling::Uniform,
+            device_noise: false,
             sigma_data,
         })
     }
@@ -212,6 +217,22 @@ impl DenoisingScoreMatching {
     /// The same loss with the levels drawn by `sampling`.
     pub fn with_sampling(self, sampling: LevelSampling) -> Self {
         Self { sampling, ..self }
+    }
+
+    /// The same loss with the noise `z` drawn on the device (`true`) by the backend's own
+    /// generator, seeded from the loss's `rng` (so a step stays a function of its seed on one
+    /// backend), instead of on the host and uploaded (`false`, the default: the same numbers
+    /// on every backend). For GPU training, where the host-side draw and the upload of a
+    /// batch-sized tensor per step are what is saved; the levels are still drawn on the host
+    /// (`B` numbers). Reseeds the device's generator ([`Device::seed`](burn::tensor::Device::seed))
+    /// at every loss.
+    pub fn with_device_noise(self, device_noise: bool) -> Self {
+        Self { device_noise, ..self }
+    }
+
+    /// Whether the noise is drawn on the device ([`with_device_noise`](Self::with_device_noise)).
+    pub fn device_noise(&self) -> bool {
+        self.device_noise
     }
 
     /// The weighting `λ`.
@@ -349,7 +370,12 @@ impl DenoisingScoreMatching {
             (column(|l| l.0.t), column(|l| l.0.scale), column(|l| l.0.std), column(|l| l.1));
         let level =
             NoiseLevel { t: vector(&t, run), scale: vector(&scale, run), sigma: vector(&std, run) };
-        let z = standard_normal(dims, run, rng);
+        let z = if self.device_noise {
+            run.0.seed(rng.next_u64());
+            Tensor::random(dims, TensorDistribution::Normal(0.0, 1.0), run)
+        } else {
+            standard_normal(dims, run, rng)
+        };
         let std = host_column(&std, x0);
         let x = x0.clone().mul(host_column(&scale, x0)).add(z.clone().mul(std.clone()));
         let coef = host_column(&coef, x0).reshape([dims[0]]);
@@ -369,7 +395,8 @@ impl fmt::Debug for DenoisingScoreMatching {
                 s.field("log_normal", &(p_mean, p_std)).field("sigma_data", &self.sigma_data)
             }
         };
-        s.field("weighting", &self.weighting).field("sampling", &self.sampling).finish()
+        s.field("weighting", &self.weighting).field("sampling", &self.sampling);
+        s.field("device_noise", &self.device_noise).finish()
     }
 }
 
