@@ -3,7 +3,8 @@
 //! Every twin takes `--workload train|sample`, `--steps N` (training steps, or Langevin steps
 //! per level when sampling), `--warmup W` (untimed steps first), `--threads T` and, for
 //! training, `--read-every K` (`Trainer::step_deferred`, the reports read every `K` steps in
-//! one transfer; 1, the default, is `Trainer::fit`'s read per step). Threads:
+//! one transfer; 1, the default, is `Trainer::fit`'s read per step) and `--device-noise`
+//! (DSM's noise drawn on the device: `DenoisingScoreMatching::with_device_noise`). Threads:
 //! Burn's `flex` backend runs its parallel kernels on rayon's global pool, which `--threads`
 //! builds with `T` threads; without the flag rayon reads `RAYON_NUM_THREADS`, else uses one
 //! thread per core. Unknown arguments (`--bench`, passed by `cargo bench`) are ignored.
@@ -44,6 +45,8 @@ pub struct Args {
     pub backend: String,
     /// Training: read the steps' reports every this many steps (1: every step, `fit`).
     pub read_every: usize,
+    /// Training: DSM's noise drawn on the device.
+    pub device_noise: bool,
 }
 
 /// Parses the command line; `default_steps` for each workload when `--steps` is absent. Exits
@@ -67,6 +70,7 @@ fn parse(default_steps: [usize; 2]) -> Result<Args, String> {
         threads: None,
         backend: "flex".into(),
         read_every: 1,
+        device_noise: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -85,6 +89,7 @@ fn parse(default_steps: [usize; 2]) -> Result<Args, String> {
             "--threads" => out.threads = Some(number(value()?)?),
             "--backend" => out.backend = value()?,
             "--read-every" => out.read_every = number(value()?)?.max(1),
+            "--device-noise" => out.device_noise = true,
             _ => {}
         }
     }
@@ -116,6 +121,7 @@ where
     M: Module + ScoreModel<D>,
 {
     let dsm = DenoisingScoreMatching::multi_scale(&GeometricSigmas::ncsn(), 10).expect("levels");
+    let dsm = dsm.with_device_noise(args.device_noise);
     let steps = Steps { warmup: args.warmup, timed: args.steps, read_every: args.read_every };
     let (loss, seconds) = fit_on_pool(model, &dsm, &data, batch, pool, steps);
     (loss as f32, seconds / args.steps.max(1) as f64)
