@@ -81,6 +81,17 @@ struct Scratch<E> {
     half: Vec<E>,
 }
 
+impl<E: Real> Scratch<E> {
+    /// Sizes `rows` and `half` for planes of `th × tw` tiles: `rows` holds a padded row's even
+    /// and odd columns (`2(tw + 1)`) or a plane's even and odd output columns (`4·tiles`),
+    /// `half` the row-transformed padded rows (`8(th + 1)·tw`) or a plane's `Aᵀ·M` (`8·tiles`).
+    fn fit(&mut self, th: usize, tw: usize) {
+        let zero = E::default();
+        self.rows.resize((2 * (tw + 1)).max(4 * th * tw), zero);
+        self.half.resize(8 * (th + 1) * tw, zero);
+    }
+}
+
 /// `out[b] = f(a[b], b_[b], c[b], d[b])` over four equal slices (a loop that vectorises).
 #[inline(always)]
 fn map4<E: Real>(out: &mut [E], a: &[E], b: &[E], c: &[E], d: &[E], f: impl Fn(E, E, E, E) -> E) {
@@ -91,10 +102,44 @@ fn map4<E: Real>(out: &mut [E], a: &[E], b: &[E], c: &[E], d: &[E], f: impl Fn(E
     }
 }
 
+/// Splits an input row `x` into its padded row's even columns `e[k] = x[2k − 1]` and odd
+/// columns `o[k] = x[2k]` (`⌈w/2⌉ + 1` each, 0 outside the row): pairs of `x`, no branch.
+#[inline(always)]
+fn deinterleave<E: Real>(x: &[E], e: &mut [E], o: &mut [E]) {
+    let (zero, pairs) = (E::default(), x.len() / 2);
+    e[0] = zero;
+    for ((pair, ok), ek) in x.chunks_exact(2).zip(&mut o[..pairs]).zip(&mut e[1..=pairs]) {
+        *ok = pair[0];
+        *ek = pair[1];
+    }
+    let odd_tail = x.len() % 2;
+    if odd_tail == 1 {
+        o[pairs] = x[x.len() - 1];
+    }
+    o[pairs + odd_tail..].fill(zero);
+    e[pairs + 1..].fill(zero);
+}
+
+/// An output row from its even columns `even[k] = y[2k]` and odd ones `odd[k] = y[2k + 1]`.
+#[inline(always)]
+fn interleave<E: Real>(even: &[E], odd: &[E], y: &mut [E]) {
+    let pairs = y.len() / 2;
+    for ((pair, &a), &b) in y.chunks_exact_mut(2).zip(&even[..pairs]).zip(&odd[..pairs]) {
+        pair[0] = a;
+        pair[1] = b;
+    }
+    if y.len() % 2 == 1 {
+        y[2 * pairs] = even[pairs];
+    }
+}
+
 /// `V = Bᵀ·d·B` of every input channel and tile of the samples in `x` into `v`
 /// (`[16, C, tiles]`, the tiles of sample `s` from column `s·tiles`); `rows` and `half` are
-/// scratch. It runs a tile row at a time: the row's input rows are split into even and
-/// odd columns, so that the transform's loops run along whole rows of tiles and vectorise.
+/// scratch ([`Scratch::fit`]). Each channel's plane is transformed whole, so that the loops run
+/// along all its tiles and vectorise: each padded input row (row `p` is input row `p − 1`,
+/// 0 outside) is split into even and odd columns and transformed along the row (`d·B`) once,
+/// into `half` by the row's parity; then `Bᵀ·(d·B)` down the columns, for tile `(a, b)` from
+/// padded rows `2a … 2a + 3`, is one pass over four shifted runs of `half`.
 #[inline(always)]
 fn input_transform<E: Real>(g: &Geometry, x: &[E], v: &mut [E], rows: &mut [E], half: &mut [E]) {
     let (h, w, c) = (g.h, g.w, g.c);
@@ -103,48 +148,42 @@ fn input_transform<E: Real>(g: &Geometry, x: &[E], v: &mut [E], rows: &mut [E], 
     let samples = x.len() / (c * h * w);
     let nt = v.len() / (16 * c);
     let zero = E::default();
+    // half[(q·2 + parity)·run + a·tw + b]: (d·B)_q of padded row 2a + parity, column b.
+    let run = (th + 1) * tw;
     for s in 0..samples {
         let xn = &x[s * c * h * w..][..c * h * w];
         for (ci, plane) in xn.chunks_exact(h * w).enumerate() {
-            for a in 0..th {
-                // Input row 2a − 1 + r, padded: column j of the padded row is x[j − 1]; even
-                // columns e[k] = x[2k − 1], odd o[k] = x[2k], 0 outside.
-                for (r, eo) in rows.chunks_exact_mut(2 * (tw + 1)).enumerate() {
-                    let (e, o) = eo.split_at_mut(tw + 1);
+            for p in 0..2 * th + 2 {
+                let (e, o) = rows[..2 * (tw + 1)].split_at_mut(tw + 1);
+                let yy = p.wrapping_sub(1);
+                if yy < h {
+                    deinterleave(&plane[yy * w..][..w], e, o);
+                } else {
                     e.fill(zero);
                     o.fill(zero);
-                    let yy = (2 * a + r).wrapping_sub(1);
-                    if yy < h {
-                        for (j, &val) in plane[yy * w..][..w].iter().enumerate() {
-                            if j % 2 == 0 { o[j / 2] = val } else { e[j.div_ceil(2)] = val }
-                        }
-                    }
                 }
-                // d·B along each row, d = (e[b], o[b], e[b+1], o[b+1]): half[(r, q)][b].
-                for (r, eo) in rows.chunks_exact(2 * (tw + 1)).enumerate() {
-                    let (e, o) = eo.split_at(tw + 1);
-                    let (e0, o0, e1, o1) = (&e[..tw], &o[..tw], &e[1..], &o[1..]);
-                    let hr = &mut half[r * 4 * tw..][..4 * tw];
-                    let (h01, h23) = hr.split_at_mut(2 * tw);
-                    let ((q0, q1), (q2, q3)) = (h01.split_at_mut(tw), h23.split_at_mut(tw));
-                    map4(q0, e0, o0, e1, o1, |d0, _, d2, _| d0 - d2);
-                    map4(q1, e0, o0, e1, o1, |_, d1, d2, _| d1 + d2);
-                    map4(q2, e0, o0, e1, o1, |_, d1, d2, _| d2 - d1);
-                    map4(q3, e0, o0, e1, o1, |_, d1, _, d3| d1 - d3);
-                }
-                // Bᵀ·(d·B) down the columns, into V's contiguous run of this tile row.
-                let col = s * tiles + a * tw;
-                for q in 0..4 {
-                    let hq = |r: usize| &half[(r * 4 + q) * tw..][..tw];
-                    let (h0, h1, h2, h3) = (hq(0), hq(1), hq(2), hq(3));
-                    for r in 0..4 {
-                        let out = &mut v[((r * 4 + q) * c + ci) * nt + col..][..tw];
-                        match r {
-                            0 => map4(out, h0, h1, h2, h3, |a, _, c, _| a - c),
-                            1 => map4(out, h0, h1, h2, h3, |_, b, c, _| b + c),
-                            2 => map4(out, h0, h1, h2, h3, |_, b, c, _| c - b),
-                            _ => map4(out, h0, h1, h2, h3, |_, b, _, d| b - d),
-                        }
+                // d·B along the row, d = (e[b], o[b], e[b+1], o[b+1]).
+                let (e0, o0, e1, o1) = (&e[..tw], &o[..tw], &e[1..], &o[1..]);
+                let at = |q: usize| ((q * 2 + p % 2) * (th + 1) + p / 2) * tw;
+                map4(&mut half[at(0)..][..tw], e0, o0, e1, o1, |d0, _, d2, _| d0 - d2);
+                map4(&mut half[at(1)..][..tw], e0, o0, e1, o1, |_, d1, d2, _| d1 + d2);
+                map4(&mut half[at(2)..][..tw], e0, o0, e1, o1, |_, d1, d2, _| d2 - d1);
+                map4(&mut half[at(3)..][..tw], e0, o0, e1, o1, |_, d1, _, d3| d1 - d3);
+            }
+            // Bᵀ·(d·B) down the columns: rows 2a, 2a + 1 (parity 0 and 1 at a), 2a + 2 and
+            // 2a + 3 (at a + 1), for all tiles at once, into V's run of this sample.
+            let col = s * tiles;
+            for q in 0..4 {
+                let (even, odd) = (&half[q * 2 * run..][..run], &half[(q * 2 + 1) * run..][..run]);
+                let (h0, h1) = (&even[..tiles], &odd[..tiles]);
+                let (h2, h3) = (&even[tw..][..tiles], &odd[tw..][..tiles]);
+                for r in 0..4 {
+                    let out = &mut v[((r * 4 + q) * c + ci) * nt + col..][..tiles];
+                    match r {
+                        0 => map4(out, h0, h1, h2, h3, |a, _, c, _| a - c),
+                        1 => map4(out, h0, h1, h2, h3, |_, b, c, _| b + c),
+                        2 => map4(out, h0, h1, h2, h3, |_, b, c, _| c - b),
+                        _ => map4(out, h0, h1, h2, h3, |_, b, _, d| b - d),
                     }
                 }
             }
@@ -174,9 +213,7 @@ fn chunk<E: Real>(
     let zero = E::default();
     sc.v.resize(16 * c * nt, zero);
     sc.m.resize(16 * cout * nt, zero);
-    // Per input row r of a tile row: its even and odd padded columns, tw + 1 each.
-    sc.rows.resize(8 * (tw + 1), zero);
-    sc.half.resize(16 * tw, zero);
+    sc.fit(th, tw);
     let xs = &x[first * c * h * w..][..samples * c * h * w];
     input_transform(g, xs, &mut sc.v, &mut sc.rows, &mut sc.half);
     let (v, rows, half) = (&sc.v, &mut sc.rows, &mut sc.half);
@@ -186,35 +223,31 @@ fn chunk<E: Real>(
         matmul(cout, nt, c, mxi, false, (uxi, c, 1), (vxi, nt, 1));
     }
     let m = &sc.m;
+    // Aᵀ·M down the columns into half ([i·4 + q][tile], output rows i = 0, 1 of each tile),
+    // then ·A along the rows into rows ([i·2 + odd][tile]: the even and odd output columns),
+    // for all tiles of a plane at once; then each output row from its even and odd columns.
     for (s, ys) in y.chunks_exact_mut(cout * h * w).enumerate() {
         for (co, plane) in ys.chunks_exact_mut(h * w).enumerate() {
             let bias = b.map_or(zero, |b| b[co]);
-            for a in 0..th {
-                let col = s * tiles + a * tw;
-                // Aᵀ·M down the columns: half[(i, q)][b] for the tile's output rows i = 0, 1.
-                for q in 0..4 {
-                    let mr = |r: usize| &m[((r * 4 + q) * cout + co) * nt + col..][..tw];
-                    let (m0, m1, m2, m3) = (mr(0), mr(1), mr(2), mr(3));
-                    let (top, bottom) = half[q * tw..].split_at_mut(4 * tw);
-                    map4(&mut top[..tw], m0, m1, m2, m3, |a, b, c, _| a + b + c);
-                    map4(&mut bottom[..tw], m0, m1, m2, m3, |_, b, c, d| b - c - d);
-                }
-                // (Aᵀ·M)·A along the rows, into the output rows 2a and 2a + 1: even columns
-                // from one combination, odd from the other.
-                for i in 0..2 {
-                    let yy = 2 * a + i;
-                    if yy >= h {
-                        break;
-                    }
-                    let hq = |q: usize| &half[(i * 4 + q) * tw..][..tw];
-                    let (h0, h1, h2, h3) = (hq(0), hq(1), hq(2), hq(3));
-                    let (even, odd) = rows.split_at_mut(tw);
-                    map4(even, h0, h1, h2, h3, |a, b, c, _| a + b + c + bias);
-                    map4(&mut odd[..tw], h0, h1, h2, h3, |_, b, c, d| b - c - d + bias);
-                    for (j, o) in plane[yy * w..][..w].iter_mut().enumerate() {
-                        *o = if j % 2 == 0 { even[j / 2] } else { odd[j / 2] };
-                    }
-                }
+            let col = s * tiles;
+            for q in 0..4 {
+                let mr = |r: usize| &m[((r * 4 + q) * cout + co) * nt + col..][..tiles];
+                let (m0, m1, m2, m3) = (mr(0), mr(1), mr(2), mr(3));
+                let (top, bottom) = half[q * tiles..].split_at_mut(4 * tiles);
+                map4(&mut top[..tiles], m0, m1, m2, m3, |a, b, c, _| a + b + c);
+                map4(&mut bottom[..tiles], m0, m1, m2, m3, |_, b, c, d| b - c - d);
+            }
+            for i in 0..2 {
+                let hq = |q: usize| &half[(i * 4 + q) * tiles..][..tiles];
+                let (h0, h1, h2, h3) = (hq(0), hq(1), hq(2), hq(3));
+                let (even, odd) = rows[i * 2 * tiles..][..2 * tiles].split_at_mut(tiles);
+                map4(even, h0, h1, h2, h3, |a, b, c, _| a + b + c + bias);
+                map4(odd, h0, h1, h2, h3, |_, b, c, d| b - c - d + bias);
+            }
+            for (yy, out) in plane.chunks_exact_mut(w).enumerate() {
+                let (a, i) = (yy / 2, yy % 2);
+                let at = |odd: usize| &rows[(i * 2 + odd) * tiles + a * tw..][..tw];
+                interleave(at(0), at(1), out);
             }
         }
     }
@@ -336,8 +369,7 @@ fn weight_gradient_chunk<E: Real>(
         let nt = xg.len() / (c * h * w) * tiles;
         sc.v.resize(16 * c * nt, zero);
         sc.m.resize(16 * cout * nt, zero);
-        sc.rows.resize(8 * (tw + 1), zero);
-        sc.half.resize(16 * tw, zero);
+        sc.fit(h.div_ceil(2), tw);
         input_transform(g, xg, &mut sc.v, &mut sc.rows, &mut sc.half);
         gradient_transform(g, dyg, &mut sc.m, &mut sc.rows, &mut sc.half);
         for xi in 0..16 {
