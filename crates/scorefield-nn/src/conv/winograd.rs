@@ -288,7 +288,9 @@ pub(super) fn input_gradient<E: Real>(g: &Geometry, w: &[E], dy: &[E]) -> Vec<E>
 
 /// `D = A·u·Aᵀ` of every output-gradient tile `u` (2×2, 0 outside the image) of the samples
 /// in `dy` into `d` (`[16, C', tiles]`, as [`input_transform`]'s `V`), `A = (Aᵀ)ᵀ`:
-/// `A·(u₀, u₁) = (u₀, u₀ + u₁, u₀ − u₁, −u₁)`. `rows` and `half` are scratch.
+/// `A·(u₀, u₁) = (u₀, u₀ + u₁, u₀ − u₁, −u₁)`. `rows` and `half` are scratch
+/// ([`Scratch::fit`]). As [`input_transform`], a plane at a time: each row along its columns
+/// (`u·Aᵀ`) into `half` by the row's parity, then down the columns for all tiles at once.
 #[inline(always)]
 fn gradient_transform<E: Real>(
     g: &Geometry,
@@ -304,42 +306,36 @@ fn gradient_transform<E: Real>(
     let zero = E::default();
     for (s, dys) in dy.chunks_exact(cout * h * w).enumerate() {
         for (co, plane) in dys.chunks_exact(h * w).enumerate() {
-            for a in 0..th {
-                // u·Aᵀ along the tile rows p = 0, 1: half[(p, q)][b] from the even and odd
-                // columns e = u[p][2b], o = u[p][2b + 1] (0 past the image's edge).
-                for p in 0..2 {
-                    let (e, o) = rows.split_at_mut(tw);
-                    let o = &mut o[..tw];
+            // u·Aᵀ along row y (tile row y/2, its row y % 2): half[(q·2 + y % 2)·tiles + …]
+            // from the even and odd columns e = u[y][2b], o = u[y][2b + 1] (0 past the edge),
+            // which are `deinterleave`'s odd columns and its even ones shifted by one.
+            for y in 0..2 * th {
+                let (shifted, e) = rows[..2 * (tw + 1)].split_at_mut(tw + 1);
+                if y < h {
+                    deinterleave(&plane[y * w..][..w], shifted, e);
+                } else {
+                    shifted.fill(zero);
                     e.fill(zero);
-                    o.fill(zero);
-                    let yy = 2 * a + p;
-                    if yy < h {
-                        let row = &plane[yy * w..][..w];
-                        for (b, pair) in row.chunks(2).enumerate() {
-                            e[b] = pair[0];
-                            o[b] = pair.get(1).copied().unwrap_or(zero);
-                        }
-                    }
-                    let hp = &mut half[p * 4 * tw..][..4 * tw];
-                    let (h01, h23) = hp.split_at_mut(2 * tw);
-                    let ((q0, q1), (q2, q3)) = (h01.split_at_mut(tw), h23.split_at_mut(tw));
-                    q0.copy_from_slice(e);
-                    map4(q1, e, o, e, o, |e, o, _, _| e + o);
-                    map4(q2, e, o, e, o, |e, o, _, _| e - o);
-                    map4(q3, e, o, e, o, |_, o, _, _| zero - o);
                 }
-                // A·(u·Aᵀ) down the columns, into D's run of this tile row.
-                let col = s * tiles + a * tw;
-                for q in 0..4 {
-                    let (h0, h1) = (&half[q * tw..][..tw], &half[(4 + q) * tw..][..tw]);
-                    for r in 0..4 {
-                        let out = &mut d[((r * 4 + q) * cout + co) * nt + col..][..tw];
-                        match r {
-                            0 => out.copy_from_slice(h0),
-                            1 => map4(out, h0, h1, h0, h1, |a, b, _, _| a + b),
-                            2 => map4(out, h0, h1, h0, h1, |a, b, _, _| a - b),
-                            _ => map4(out, h0, h1, h0, h1, |_, b, _, _| zero - b),
-                        }
+                let (e, o) = (&e[..tw], &shifted[1..]);
+                let at = |q: usize| (q * 2 + y % 2) * tiles + (y / 2) * tw;
+                half[at(0)..][..tw].copy_from_slice(e);
+                map4(&mut half[at(1)..][..tw], e, o, e, o, |e, o, _, _| e + o);
+                map4(&mut half[at(2)..][..tw], e, o, e, o, |e, o, _, _| e - o);
+                map4(&mut half[at(3)..][..tw], e, o, e, o, |_, o, _, _| zero - o);
+            }
+            // A·(u·Aᵀ) down the columns, for all tiles at once, into D's run of this sample.
+            let col = s * tiles;
+            for q in 0..4 {
+                let (h0, h1) =
+                    (&half[q * 2 * tiles..][..tiles], &half[(q * 2 + 1) * tiles..][..tiles]);
+                for r in 0..4 {
+                    let out = &mut d[((r * 4 + q) * cout + co) * nt + col..][..tiles];
+                    match r {
+                        0 => out.copy_from_slice(h0),
+                        1 => map4(out, h0, h1, h0, h1, |a, b, _, _| a + b),
+                        2 => map4(out, h0, h1, h0, h1, |a, b, _, _| a - b),
+                        _ => map4(out, h0, h1, h0, h1, |_, b, _, _| zero - b),
                     }
                 }
             }
