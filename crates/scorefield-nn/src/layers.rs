@@ -165,5 +165,17 @@ mod tests {
         let x = Tensor::<4>::from_floats([[[[1.0, 2.0], [3.0, 4.0]]]], &device());
         let up = crate::dual::upsample_nearest(x, 2).try_into_vec_as::<f64>().unwrap();
         assert_eq!(up, [1., 1., 2., 2., 1., 1., 2., 2., 3., 3., 4., 4., 3., 3., 4., 4.]);
+        // The gradient of Σ g·up(x) sums g over each block; odd sizes and factor 3 too.
+        let device = device().autodiff();
+        let x = Tensor::<4>::zeros([2, 1, 3, 1], &device).require_grad();
+        let up = crate::dual::upsample_nearest(x.clone(), 3);
+        assert_eq!(up.dims(), [2, 1, 9, 3]);
+        let g: Vec<f32> = (0..54).map(|i| i as f32).collect();
+        let g = Tensor::<1>::from_floats(g.as_slice(), &device).reshape([2, 1, 9, 3]);
+        let grads = up.mul(g).sum().backward();
+        let got = x.grad(&grads).unwrap().try_into_vec_as::<f64>().unwrap();
+        // Block k (rows 3k..3k+3 of 3 columns) of sample s holds 27s + 9k + 0..9.
+        let want: Vec<f64> = (0..6).map(|b| (9 * b..9 * b + 9).sum::<usize>() as f64).collect();
+        assert_eq!(got, want);
     }
 }
