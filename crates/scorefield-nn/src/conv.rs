@@ -217,7 +217,9 @@ mod fused {
     use burn::tensor::Tensor;
 
     use super::{Conv2dOptions, winograd};
-    use crate::flex::{OptionalTensor, flex_tensor, on_flex_in, register_grads, with_float};
+    use crate::flex::{
+        OptionalTensor, assume_init, flex_tensor, on_flex_in, register_grads, uninit, with_float,
+    };
     use kernel::Geometry;
 
     /// The flex tensor primitive.
@@ -360,13 +362,15 @@ mod fused {
             fn slice(t: &FlexTensor) -> &[E] {
                 t.as_slice().expect("contiguous float storage")
             }
-            let mut y = vec![0.0 as E; g.n * g.cout * g.p()];
+            let mut y = uninit(g.n * g.cout * g.p());
             let (x, w, b) = (slice(&x), slice(&weight), bias.as_ref().map(slice));
             if winograd::applies(&g, options.algorithm) {
                 winograd::forward(&g, x, w, b, &mut y);
             } else {
                 kernel::forward(&g, x, w, b, &mut y);
             }
+            // SAFETY: both forwards' tasks cover `y` and each initialises its chunk.
+            let y = unsafe { assume_init(y) };
             flex_tensor(y, &[g.n, g.cout, g.oh, g.ow])
         })
     }
@@ -403,10 +407,12 @@ mod fused {
     pub(super) mod kernel {
         //! The kernels on slices, generic over f32 and f64.
 
+        use std::mem::MaybeUninit;
+
         use rayon::prelude::*;
 
         use crate::conv::ConvAlgorithm;
-        use crate::flex::{Real, matmul, sum_in_order};
+        use crate::flex::{Real, matmul, sum_in_order, zeroed};
 
         /// The shape of one call (see the module docs for the symbols).
         #[derive(Clone, Copy, Debug)]
@@ -574,11 +580,11 @@ mod fused {
             x: &[E],
             w: &[E],
             b: Option<&[E]>,
-            y: &mut [E],
+            y: &mut [MaybeUninit<E>],
         ) {
             y.par_chunks_exact_mut(g.y_len()).zip(x.par_chunks_exact(g.x_len())).for_each_init(
                 || vec![E::default(); g.col_len()],
-                |col, (y, x)| forward_sample_dispatch(g, x, w, b, col, y),
+                |col, (y, x)| forward_sample_dispatch(g, x, w, b, col, zeroed(y)),
             );
         }
 

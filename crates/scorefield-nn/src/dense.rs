@@ -202,25 +202,12 @@ mod fused {
         use std::mem::MaybeUninit;
 
         use super::*;
+        use crate::flex::init_rows;
         use crate::silu::{silu_map, silu_of};
 
         /// Rows per block: a block's output, `256·n` values, stays in cache between the
         /// product, the bias and the SiLU.
         const ROWS: usize = 256;
-
-        /// Writes `row` into every row of `out` (rows of `row.len()`) and returns it
-        /// initialised.
-        #[inline(always)]
-        fn init_rows<'a, E: Real>(out: &'a mut [MaybeUninit<E>], row: &[E]) -> &'a mut [E] {
-            assert!(out.len().is_multiple_of(row.len()), "whole rows");
-            for chunk in out.chunks_exact_mut(row.len()) {
-                for (v, &r) in chunk.iter_mut().zip(row) {
-                    v.write(r);
-                }
-            }
-            // SAFETY: every element was written just above; `MaybeUninit<E>` has `E`'s layout.
-            unsafe { &mut *(out as *mut [MaybeUninit<E>] as *mut [E]) }
-        }
 
         /// One block of rows: `y = x·W + b` (b first, the product accumulated onto it), the
         /// copy `z` if asked, then the SiLU in place if asked.

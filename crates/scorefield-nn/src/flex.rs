@@ -219,6 +219,54 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     e * f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23)
 }
 
+/// `n` values for parallel tasks to write, allocated without `vec![0; n]`'s zeroing (which
+/// runs on the calling thread, before the tasks, while the other threads wait): each task
+/// initialises its own chunk ([`zeroed`], [`init_rows`]) and the caller then takes the
+/// values with [`assume_init`].
+pub(crate) fn uninit<E>(n: usize) -> Vec<std::mem::MaybeUninit<E>> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: `MaybeUninit` needs no initialisation; the capacity is `n`.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// `out` set to zeros, initialised: a task's chunk of [`uninit`] values, zeroed on the task's
+/// thread, in its cache, just before it writes them.
+#[inline(always)]
+pub(crate) fn zeroed<E: Real>(out: &mut [std::mem::MaybeUninit<E>]) -> &mut [E] {
+    out.fill(std::mem::MaybeUninit::new(E::default()));
+    // SAFETY: every element was written just above; `MaybeUninit<E>` has `E`'s layout.
+    unsafe { &mut *(out as *mut [std::mem::MaybeUninit<E>] as *mut [E]) }
+}
+
+/// `row` written into every row of `out` (rows of `row.len()`), initialised.
+#[inline(always)]
+pub(crate) fn init_rows<'a, E: Real>(
+    out: &'a mut [std::mem::MaybeUninit<E>],
+    row: &[E],
+) -> &'a mut [E] {
+    assert!(out.len().is_multiple_of(row.len()), "whole rows");
+    for chunk in out.chunks_exact_mut(row.len()) {
+        for (v, &r) in chunk.iter_mut().zip(row) {
+            v.write(r);
+        }
+    }
+    // SAFETY: every element was written just above; `MaybeUninit<E>` has `E`'s layout.
+    unsafe { &mut *(out as *mut [std::mem::MaybeUninit<E>] as *mut [E]) }
+}
+
+/// The values of [`uninit`] once every chunk was initialised.
+///
+/// # Safety
+/// Every element of `v` must have been written.
+pub(crate) unsafe fn assume_init<E>(v: Vec<std::mem::MaybeUninit<E>>) -> Vec<E> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    let (ptr, len, cap) = (v.as_mut_ptr(), v.len(), v.capacity());
+    // SAFETY: the caller guarantees initialisation; `MaybeUninit<E>` has `E`'s layout, so the
+    // allocation is that of a `Vec<E>` of the same length and capacity.
+    unsafe { Vec::from_raw_parts(ptr.cast::<E>(), len, cap) }
+}
+
 /// The tasks' partial sums `(a, b)` (a weight gradient in the kernel's float type, a bias
 /// gradient in f64) added in task order, into vectors of lengths `len`: the same result on any
 /// number of threads.

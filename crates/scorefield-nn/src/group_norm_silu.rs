@@ -228,7 +228,7 @@ mod fused {
     use burn::tensor::{DType, Tensor};
 
     use super::{Args, GroupNormSiluOptions};
-    use crate::flex::{OptionalTensor, flex_tensor as tensor, on_flex_in};
+    use crate::flex::{OptionalTensor, assume_init, flex_tensor as tensor, on_flex_in, uninit};
 
     /// The flex tensor primitive.
     type FlexTensor = FloatTensor<Flex>;
@@ -424,9 +424,11 @@ mod fused {
             [x = inputs.x; gamma = inputs.gamma; beta = inputs.beta;],
             shift = inputs.shift.as_ref(),
             |E| {
-                let mut out = vec![0.0 as E; x.len()];
+                let mut out = uninit(x.len());
                 let k = kernel::Slices { x, shift, gamma, beta };
                 kernel::forward(&k, d, inputs.options, &mut out, &mut stats);
+                // SAFETY: the forward's tasks cover `out` and each initialises its chunk.
+                let out = unsafe { assume_init(out) };
                 tensor(out, &[d.n, d.c, d.h, d.w])
             }
         );
@@ -471,10 +473,12 @@ mod fused {
     mod kernel {
         //! The kernels on slices, generic over f32 and f64.
 
+        use std::mem::MaybeUninit;
+
         use rayon::prelude::*;
 
         use super::{Dims, GroupNormSiluOptions};
-        use crate::flex::Real;
+        use crate::flex::{Real, zeroed};
 
         const LANES: usize = 8;
 
@@ -557,7 +561,7 @@ mod fused {
             k: &Slices<'_, E>,
             d: Dims,
             options: GroupNormSiluOptions,
-            out: &mut [E],
+            out: &mut [MaybeUninit<E>],
             stats: &mut [f64],
         ) {
             let len = d.len();
@@ -566,7 +570,7 @@ mod fused {
                 .zip(stats.par_chunks_mut(2))
                 .enumerate()
                 .for_each(|(i, ((out, x), stats))| {
-                    forward_group_dispatch(k, d, options, i, out, x, stats)
+                    forward_group_dispatch(k, d, options, i, zeroed(out), x, stats)
                 });
         }
 

@@ -21,11 +21,13 @@
 //! taken in chunks of about [`TILES`] tiles (at least 8 chunks), a size fixed by the geometry
 //! (not the thread count), so the result is the same on any number of threads.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::ConvAlgorithm;
 use super::fused::kernel::Geometry;
-use crate::flex::{Real, matmul, sum_in_order};
+use crate::flex::{Real, assume_init, matmul, sum_in_order, uninit, zeroed};
 
 /// Tiles per task (whole samples, at least one): small enough that a task's `V` and `M`
 /// (`16·(C + C')` values per tile, 1 MB at 128 + 128 channels) stay near the core's cache.
@@ -258,15 +260,21 @@ crate::flex::avx2_twin!(chunk, chunk_avx2, chunk_dispatch,
      sc: &mut Scratch<E>));
 
 /// `y = conv(x, w) + b` for a geometry that [`applies`], all samples, in parallel over chunks.
-pub(super) fn forward<E: Real>(g: &Geometry, x: &[E], w: &[E], b: Option<&[E]>, y: &mut [E]) {
+pub(super) fn forward<E: Real>(
+    g: &Geometry,
+    x: &[E],
+    w: &[E],
+    b: Option<&[E]>,
+    y: &mut [MaybeUninit<E>],
+) {
     let u = transform_weights(w, g.cout, g.c);
     let tiles = g.h.div_ceil(2) * g.w.div_ceil(2);
     // About TILES tiles per task, at least 8 tasks from 8 samples.
     let per = (TILES / tiles).min(g.n.div_ceil(8)).max(1);
     let y_len = g.cout * g.h * g.w;
-    y.par_chunks_mut(per * y_len)
-        .enumerate()
-        .for_each_init(Scratch::default, |sc, (t, y)| chunk_dispatch(g, x, &u, b, t * per, y, sc));
+    y.par_chunks_mut(per * y_len).enumerate().for_each_init(Scratch::default, |sc, (t, y)| {
+        chunk_dispatch(g, x, &u, b, t * per, zeroed(y), sc)
+    });
 }
 
 /// `∂ℓ/∂x` from `∂ℓ/∂y` for a geometry that [`applies`]: the same convolution of `∂ℓ/∂y` with
@@ -281,9 +289,10 @@ pub(super) fn input_gradient<E: Real>(g: &Geometry, w: &[E], dy: &[E]) -> Vec<E>
         }
     }
     let transposed = Geometry { c: g.cout, cout: g.c, ..*g }; // the same pairs, so `applies`
-    let mut dx = vec![E::default(); g.n * g.c * g.h * g.w];
+    let mut dx = uninit(g.n * g.c * g.h * g.w);
     forward(&transposed, dy, &flipped, None, &mut dx);
-    dx
+    // SAFETY: `forward`'s tasks cover `dx` and each initialises its chunk.
+    unsafe { assume_init(dx) }
 }
 
 /// `D = A·u·Aᵀ` of every output-gradient tile `u` (2×2, 0 outside the image) of the samples
