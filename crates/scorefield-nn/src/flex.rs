@@ -235,8 +235,8 @@ pub(crate) fn uninit<E>(n: usize) -> Vec<std::mem::MaybeUninit<E>> {
 #[inline(always)]
 pub(crate) fn zeroed<E: Real>(out: &mut [std::mem::MaybeUninit<E>]) -> &mut [E] {
     out.fill(std::mem::MaybeUninit::new(E::default()));
-    // SAFETY: every element was written just above; `MaybeUninit<E>` has `E`'s layout.
-    unsafe { &mut *(out as *mut [std::mem::MaybeUninit<E>] as *mut [E]) }
+    // SAFETY: every element was written just above.
+    unsafe { written(out) }
 }
 
 /// `row` written into every row of `out` (rows of `row.len()`), initialised.
@@ -251,7 +251,17 @@ pub(crate) fn init_rows<'a, E: Real>(
             v.write(r);
         }
     }
-    // SAFETY: every element was written just above; `MaybeUninit<E>` has `E`'s layout.
+    // SAFETY: every element was written just above.
+    unsafe { written(out) }
+}
+
+/// `out` as the values written into it.
+///
+/// # Safety
+/// Every element of `out` must have been written.
+#[inline(always)]
+unsafe fn written<E>(out: &mut [std::mem::MaybeUninit<E>]) -> &mut [E] {
+    // SAFETY: the caller guarantees initialisation; `MaybeUninit<E>` has `E`'s layout.
     unsafe { &mut *(out as *mut [std::mem::MaybeUninit<E>] as *mut [E]) }
 }
 

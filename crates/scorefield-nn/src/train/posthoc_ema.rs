@@ -343,9 +343,11 @@ impl<M: Module> Trainer<M> {
     /// `dir/posthoc-ema/` (see the [module docs](self)), each file atomically and the
     /// manifest last; a snapshot of the same step is replaced. Returns the manifest's path.
     ///
-    /// Errors with [`CheckpointError::Invalid`] without post-hoc EMA or before the first
-    /// step, [`CheckpointError::Serialise`] and [`CheckpointError::Io`].
+    /// Errors with [`CheckpointError::Invalid`] without post-hoc EMA, before the first step
+    /// or while [deferred steps](Trainer::step_deferred) are unread (as
+    /// [`save`](Trainer::save)), [`CheckpointError::Serialise`] and [`CheckpointError::Io`].
     pub fn save_snapshot(&self, dir: impl AsRef<Path>) -> Result<PathBuf, CheckpointError> {
+        self.refuse_unread("save_snapshot")?;
         let tracker = self.posthoc.as_ref().ok_or_else(|| {
             Error::invalid("posthoc_ema", "None", "the trainer tracks no post-hoc EMA")
         })?;

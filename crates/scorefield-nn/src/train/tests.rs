@@ -473,6 +473,9 @@ fn unread_deferred_steps_block_step_and_save() {
     let err = trainer.save(&dir).unwrap_err();
     assert!(matches!(err, CheckpointError::Invalid(Error::InvalidParameter { .. })), "{err}");
     assert!(!dir.join(LATEST).exists(), "nothing saved");
+    let err = trainer.save_snapshot(&dir).unwrap_err();
+    assert!(err.to_string().contains("before Trainer::save_snapshot"), "{err}");
+    assert!(fs::read_dir(&dir).unwrap().next().is_none(), "nothing written");
     let wrong = Tensor::<2>::zeros([16, 3], &dev);
     assert!(trainer.step_deferred(&objective, wrong).is_err(), "a batch of 3-d points");
     assert_eq!((trainer.steps(), trainer.deferred_steps()), (1, 1));
