@@ -5,8 +5,10 @@
 //! same), in turn; prints the median milliseconds of each and the ratios to stock.
 //!
 //! ```text
-//! cargo bench --bench conv -- [--threads T] [--reps R]
+//! cargo bench --bench conv -- [--threads T] [--reps R] [--width W]
 //! ```
+//! `--width W` scales every channel count but the image's (1) by `W/32` (the main example's
+//! default network is width 16).
 //! Results in `docs/performance.md`.
 
 use std::time::Instant;
@@ -59,7 +61,8 @@ fn main() {
             .position(|a| a == name)
             .map_or(default, |i| args[i + 1].parse().expect("a number after the flag"))
     };
-    let (threads, reps) = (flag("--threads", 0), flag("--reps", 5));
+    let (threads, reps, width) = (flag("--threads", 0), flag("--reps", 5), flag("--width", 32));
+    let scale = |c: usize| if c == 1 { 1 } else { c * width / 32 };
     if threads > 0 {
         rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().unwrap();
     }
@@ -71,6 +74,13 @@ fn main() {
     );
     let mut totals = [0.0; 3];
     for (name, cin, cout, side, k, stride, pad, count) in SHAPES {
+        let (cin, cout) = (scale(cin), scale(cout));
+        // The name with this width's channel counts in place of its `a→b`.
+        let arrow = name.find('→').expect("a→b in every name");
+        let start = name[..arrow].rfind(|c: char| !c.is_ascii_digit()).map_or(0, |i| i + 1);
+        let after = &name[arrow + '→'.len_utf8()..];
+        let end = after.find(|c: char| !c.is_ascii_digit()).unwrap_or(after.len());
+        let name = format!("{}{cin}→{cout}{}", &name[..start], &after[end..]);
         let x = normal([BATCH, cin, side, side], &mut rng, &device).require_grad();
         let w = normal([cout, cin, k, k], &mut rng, &device).require_grad();
         let b = normal([cout], &mut rng, &device).require_grad();

@@ -89,12 +89,12 @@ pub struct Conv2dOptions {
 }
 
 /// Which algorithm the fused kernel runs for a 3×3 convolution of stride 1 and padding 1 (its
-/// forward and input gradient; every other geometry, and every weight gradient, is im2col).
+/// forward and both gradients; every other geometry is im2col).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ConvAlgorithm {
-    /// Winograd where it was measured faster (`benches/conv.rs`: `C·C' ≥ 2048`, i.e. from
-    /// 64 → 32 channels up; at 32 → 32 and below the transforms cost more than the products
-    /// they save), im2col otherwise.
+    /// Winograd where it was measured faster (`benches/conv.rs` at widths 16 and 32: from 16
+    /// input channels up, down to 16 → 16 and 16 → 1; on the 1-channel input the transforms
+    /// cost more than the products they save), im2col otherwise.
     #[default]
     Auto,
     /// im2col and one matrix product per sample.
@@ -717,7 +717,7 @@ mod tests {
     /// padded input, more samples than backward tasks (17, unevenly split), one sample; for
     /// Winograd (3×3 same): odd sides (partial tiles), 1×1 and 2×1 images, and samples split
     /// over several chunks (300 tiles each, one sample per chunk); 64 → 32 channels, where
-    /// `Auto` picks Winograd.
+    /// `Auto` picks Winograd (as for every case with 16 input channels or more).
     const CASES: [Case; 13] = [
         ([2, 3, 7, 6], [4, 3, 3, 3], [1, 1], [(1, 1), (1, 1)], true),
         ([3, 4, 8, 7], [5, 4, 3, 3], [2, 2], [(1, 1), (1, 1)], true),

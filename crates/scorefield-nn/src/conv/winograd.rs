@@ -36,11 +36,14 @@ use crate::flex::{Real, assume_init, matmul, sum_in_order, uninit, zeroed};
 const TILES: usize = 64;
 
 /// Whether `algorithm` runs Winograd for this convolution: a 3×3 of stride 1 with one pixel of
-/// padding on every side, and for [`ConvAlgorithm::Auto`] at least 2,048 channel pairs.
+/// padding on every side, and for [`ConvAlgorithm::Auto`] at least 16 input channels. (With
+/// the plane-wise transforms it beat im2col on every such convolution of the U-Net at widths
+/// 16 and 32, down to 16 → 16 and 16 → 1, and lost on the 1-channel input's; `benches/conv.rs`,
+/// `docs/performance.md`.)
 pub(super) fn applies(g: &Geometry, algorithm: ConvAlgorithm) -> bool {
     let same = (g.kh, g.kw, g.sh, g.sw, g.pt, g.pl) == (3, 3, 1, 1, 1, 1);
     let wide = match algorithm {
-        ConvAlgorithm::Auto => g.c * g.cout >= 2048,
+        ConvAlgorithm::Auto => g.c >= 16,
         ConvAlgorithm::Im2col => return false,
         ConvAlgorithm::Winograd => true,
     };
