@@ -75,9 +75,8 @@ fn transform_weights<E: Real>(w: &[E], cout: usize, c: usize) -> Vec<E> {
 }
 
 /// Scratch of one task: `V` (`[16, C, tiles]`), `M` (`[16, C', tiles]`; the weight gradient
-/// keeps the transformed output gradient `D`, of the same shape, there), one tile row's input
-/// rows split into even and odd columns (reused by the output transform for an output row's
-/// even and odd columns), and its half-transformed values.
+/// keeps the transformed output gradient `D`, of the same shape, there), and the transforms'
+/// `rows` and `half` ([`Scratch::fit`]).
 #[derive(Default)]
 struct Scratch<E> {
     v: Vec<E>,
@@ -125,6 +124,18 @@ fn deinterleave<E: Real>(x: &[E], e: &mut [E], o: &mut [E]) {
     e[pairs + 1..].fill(zero);
 }
 
+/// Row `y` of a `plane` of `h` rows of `w` split as [`deinterleave`] splits it, or zeros for a
+/// row outside the plane (the padding: `y ≥ h`, including `usize::MAX` for the row above).
+#[inline(always)]
+fn padded_row<E: Real>(plane: &[E], (h, w): (usize, usize), y: usize, e: &mut [E], o: &mut [E]) {
+    if y < h {
+        deinterleave(&plane[y * w..][..w], e, o);
+    } else {
+        e.fill(E::default());
+        o.fill(E::default());
+    }
+}
+
 /// An output row from its even columns `even[k] = y[2k]` and odd ones `odd[k] = y[2k + 1]`.
 #[inline(always)]
 fn interleave<E: Real>(even: &[E], odd: &[E], y: &mut [E]) {
@@ -152,7 +163,6 @@ fn input_transform<E: Real>(g: &Geometry, x: &[E], v: &mut [E], rows: &mut [E], 
     let tiles = th * tw;
     let samples = x.len() / (c * h * w);
     let nt = v.len() / (16 * c);
-    let zero = E::default();
     // half[(q·2 + parity)·run + a·tw + b]: (d·B)_q of padded row 2a + parity, column b.
     let run = (th + 1) * tw;
     for s in 0..samples {
@@ -160,13 +170,7 @@ fn input_transform<E: Real>(g: &Geometry, x: &[E], v: &mut [E], rows: &mut [E], 
         for (ci, plane) in xn.chunks_exact(h * w).enumerate() {
             for p in 0..2 * th + 2 {
                 let (e, o) = rows[..2 * (tw + 1)].split_at_mut(tw + 1);
-                let yy = p.wrapping_sub(1);
-                if yy < h {
-                    deinterleave(&plane[yy * w..][..w], e, o);
-                } else {
-                    e.fill(zero);
-                    o.fill(zero);
-                }
+                padded_row(plane, (h, w), p.wrapping_sub(1), e, o);
                 // d·B along the row, d = (e[b], o[b], e[b+1], o[b+1]).
                 let (e0, o0, e1, o1) = (&e[..tw], &o[..tw], &e[1..], &o[1..]);
                 let at = |q: usize| ((q * 2 + p % 2) * (th + 1) + p / 2) * tw;
@@ -197,9 +201,9 @@ fn input_transform<E: Real>(g: &Geometry, x: &[E], v: &mut [E], rows: &mut [E], 
 }
 
 /// The convolution of the samples `first..first + y.len()/(C'·H·W)` into `y`: the input
-/// transform into `V`, 16 products into `M`, the output transform. Both transforms run a tile
-/// row at a time on whole rows of tiles (contiguous in `V` and `M`), so that their loops
-/// vectorise.
+/// transform into `V`, 16 products into `M`, the output transform. Both transforms run a
+/// channel's plane at a time, along all its tiles (contiguous in `V` and `M`), so that their
+/// loops vectorise.
 #[inline(always)]
 fn chunk<E: Real>(
     g: &Geometry,
@@ -323,12 +327,7 @@ fn gradient_transform<E: Real>(
             // which are `deinterleave`'s odd columns and its even ones shifted by one.
             for y in 0..2 * th {
                 let (shifted, e) = rows[..2 * (tw + 1)].split_at_mut(tw + 1);
-                if y < h {
-                    deinterleave(&plane[y * w..][..w], shifted, e);
-                } else {
-                    shifted.fill(zero);
-                    e.fill(zero);
-                }
+                padded_row(plane, (h, w), y, shifted, e);
                 let (e, o) = (&e[..tw], &shifted[1..]);
                 let at = |q: usize| (q * 2 + y % 2) * tiles + (y / 2) * tw;
                 half[at(0)..][..tw].copy_from_slice(e);
