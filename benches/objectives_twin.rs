@@ -125,11 +125,9 @@ fn expected_params(d: usize, conditioned: bool) -> usize {
     n
 }
 
-/// Burn's flex backend allocates every op's output; glibc's `malloc` hands large blocks back to
-/// the kernel on `free` and faults them in, zeroed, on the next op, while mimalloc reuses them
-/// (`docs/performance.md`: up to 1.9× on the MLP steps).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// mimalloc, keeping the memory it frees (see the module).
+#[path = "../examples/common/alloc.rs"]
+mod alloc;
 
 fn main() {
     let args = parse_args().unwrap_or_else(|e| {

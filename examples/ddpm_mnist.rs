@@ -179,11 +179,9 @@ fn save_grid(images: Tensor<4>, path: &Path) -> Result<(), Box<dyn std::error::E
     Ok(())
 }
 
-/// Burn's flex backend allocates every op's output; glibc's `malloc` hands large blocks back to
-/// the kernel on `free` and faults them in, zeroed, on the next op, while mimalloc reuses them
-/// (`docs/performance.md`: up to 1.9× on the MLP steps).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// mimalloc, keeping the memory it frees (see the module).
+#[path = "common/alloc.rs"]
+mod alloc;
 
 fn main() -> std::process::ExitCode {
     cli::exit_code(run())

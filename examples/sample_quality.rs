@@ -49,11 +49,9 @@ fn uniform_noise(n: usize, device: &Device, rng: &mut StdRng) -> Tensor<4> {
     Tensor::from_data(TensorData::new(values, [n, 1, 28, 28]), device)
 }
 
-/// Burn's flex backend allocates every op's output; glibc's `malloc` hands large blocks back to
-/// the kernel on `free` and faults them in, zeroed, on the next op, while mimalloc reuses them
-/// (`docs/performance.md`: up to 1.9× on the MLP steps).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// mimalloc, keeping the memory it frees (see the module).
+#[path = "common/alloc.rs"]
+mod alloc;
 
 fn main() -> std::process::ExitCode {
     cli::exit_code(run())

@@ -36,7 +36,9 @@
 //! Burn allocates every op's output, and glibc's `malloc` returns large blocks to the kernel
 //! and faults them in again zeroed: a binary that makes `mimalloc::MiMalloc` its
 //! `#[global_allocator]`, as this repository's examples and benches do, trains and samples the
-//! MLP up to 1.9× faster (`docs/performance.md`).
+//! MLP up to 1.9× faster (`docs/performance.md`); they also turn mimalloc's purging off
+//! (`mi_option_purge_delay = -1`, `examples/common/alloc.rs`), so that the U-Net's large
+//! buffers are not returned to the kernel between steps and faulted in again.
 #![deny(missing_docs)]
 
 /// The README's code, compiled and run as a doctest.
