@@ -29,8 +29,9 @@
 //! intervals, `losses.csv` (the mean loss per noise level, `LossLog`'s format), `loss.png`
 //! (its mean over the levels against the step), `quality.txt` (the quality report, when the
 //! `mnist_classifier` example's classifier is saved) and
-//! `checkpoint/` (the whole training state, `Trainer::save`), from which `--resume` trains on
-//! bit for bit and `--sample-only` samples with the EMA weights.
+//! `checkpoint/` (the whole training state, `Trainer::save`, and `noise-levels.txt`, the run's
+//! σ₁ and L), from which `--resume` trains on bit for bit and `--sample-only` samples with the
+//! EMA weights at the levels it was trained at.
 
 #[path = "common/cli.rs"]
 mod cli;
@@ -118,6 +119,13 @@ struct Args {
     /// The U-Net's base width (32 is the reference configuration; must be a multiple of 8).
     #[arg(long)]
     width: Option<usize>,
+    /// The largest noise level σ₁ of the geometric schedule (the smallest is 0.01); training
+    /// and sampling (pass it again with --sample-only and --resume).
+    #[arg(long)]
+    sigma_max: Option<f64>,
+    /// The number of noise levels L of the geometric schedule (as --sigma-max).
+    #[arg(long)]
+    levels: Option<usize>,
     /// Annealed Langevin steps per noise level, T.
     #[arg(long)]
     steps_per_level: Option<usize>,
@@ -165,6 +173,8 @@ struct Settings {
     ema_decay: f64,
     ema_warmup: bool,
     cosine_lr: bool,
+    sigma_max: f64,
+    levels: usize,
     steps_per_level: usize,
     eps: f64,
     sample_every: u64,
@@ -194,6 +204,11 @@ impl Preset {
     /// - a 13-minute limit on the training (so that the run, data and sampling included, stays
     ///   within 15 minutes when the host is slow: this VM's throughput has varied 2× within a
     ///   day, 0.108 to 0.21 s/step for the same code); a run it stops keeps its checkpoint;
+    /// - NCSN's 10 levels from σ₁ = 1 rather than NCSNv2's rules (σ₁ the largest distance
+    ///   between two digits, 16.1 on the test split; levels close enough to overlap, L = 100;
+    ///   T = 5): `--sigma-max 16 --levels 100 --steps-per-level 5` in the same 13 minutes drew
+    ///   68.8 % confident digits at NCSNv2's ε = 10⁻⁵, 75.0 % at ε = 3·10⁻⁵ (Fréchet 269.5),
+    ///   against 78.1 % for the default (64 samples each, 2026-12-02; `docs/performance.md`);
     /// - no EMA warm-up and no learning-rate decay: with `--ema-decay 0.999 --ema-warmup true
     ///   --cosine-lr true` the same 2,500 steps drew worse digits (70.3 % confident, Fréchet
     ///   414.6 against 75.0 % and 305.4, 64 samples each, 2026-12-02).
@@ -207,6 +222,8 @@ impl Preset {
                 ema_decay: 0.99,
                 ema_warmup: false,
                 cosine_lr: false,
+                sigma_max: 1.0,
+                levels: 10,
                 steps_per_level: 20,
                 eps: 1e-4,
                 sample_every: 0,
@@ -221,6 +238,8 @@ impl Preset {
                 ema_decay: 0.999,
                 ema_warmup: false,
                 cosine_lr: false,
+                sigma_max: 1.0,
+                levels: 10,
                 steps_per_level: 100,
                 eps: 2e-5,
                 sample_every: 5_000,
@@ -242,6 +261,8 @@ impl Args {
             ema_decay: self.ema_decay.unwrap_or(preset.ema_decay),
             ema_warmup: self.ema_warmup.unwrap_or(preset.ema_warmup),
             cosine_lr: self.cosine_lr.unwrap_or(preset.cosine_lr),
+            sigma_max: self.sigma_max.unwrap_or(preset.sigma_max),
+            levels: self.levels.unwrap_or(preset.levels),
             steps_per_level: self.steps_per_level.unwrap_or(preset.steps_per_level),
             eps: self.eps.unwrap_or(preset.eps),
             sample_every: self.sample_every.unwrap_or(preset.sample_every),
@@ -251,11 +272,9 @@ impl Args {
     }
 }
 
-/// Burn's flex backend allocates every op's output; glibc's `malloc` hands large blocks back to
-/// the kernel on `free` and faults them in, zeroed, on the next op, while mimalloc reuses them
-/// (`docs/performance.md`: up to 1.9× on the MLP steps).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// mimalloc, keeping the memory it frees (see the module).
+#[path = "common/alloc.rs"]
+mod alloc;
 
 fn main() -> ExitCode {
     cli::exit_code(run(Args::parse()))
@@ -273,7 +292,7 @@ fn run(args: Args) -> AnyResult<()> {
     }
     let device = scorefield::device(&args.backend)?;
     let checkpoints = args.out.join("checkpoint");
-    let levels = GeometricSigmas::ncsn();
+    let levels = noise_levels(&args, &settings, &checkpoints)?;
     println!("backend: {} ({device:?}); output: {}", args.backend, args.out.display());
 
     if args.sample_only {
@@ -285,7 +304,7 @@ fn run(args: Args) -> AnyResult<()> {
         );
         let path = args.out.join("samples.png");
         let seed = args.seed.unwrap_or(trainer.config().seed);
-        let samples = draw(trainer.ema(), &args, &settings, seed, &path, &device)?;
+        let samples = draw(trainer.ema(), levels, &args, &settings, seed, &path, &device)?;
         // The reference digits are optional here: without data, no quality report (and no
         // download just for it).
         match load_data(&args, false) {
@@ -363,7 +382,7 @@ fn run(args: Args) -> AnyResult<()> {
             }
             let path = args.out.join(format!("samples-step-{k}.png"));
             shown
-                .suspend(|| draw(t.ema(), &args, &settings, seed, &path, &device))
+                .suspend(|| draw(t.ema(), levels, &args, &settings, seed, &path, &device))
                 .map(|_| ())
                 .map_err(|e| FitError::Callback(e.to_string().into()))
         });
@@ -409,8 +428,15 @@ fn run(args: Args) -> AnyResult<()> {
         println!("checkpoint: {}", path.display());
     }
     println!("loss per noise level: {}", csv_path.display());
-    let samples =
-        draw(trainer.ema(), &args, &settings, seed, &args.out.join("samples.png"), &device)?;
+    let samples = draw(
+        trainer.ema(),
+        levels,
+        &args,
+        &settings,
+        seed,
+        &args.out.join("samples.png"),
+        &device,
+    )?;
     report_quality(&args, samples, &data, &device)
 }
 
@@ -511,6 +537,72 @@ fn load_data(args: &Args, download: bool) -> AnyResult<Mnist> {
     .into())
 }
 
+/// The file beside the checkpoints that records the run's noise levels, `σ₁ L`.
+const NOISE_LEVELS: &str = "noise-levels.txt";
+
+/// The run's noise levels, geometric from 0.01 to σ₁. A new run takes them from the settings
+/// and records them beside its checkpoints; `--resume` and `--sample-only` take the recorded
+/// ones (a checkpoint without the record has NCSN's, σ₁ = 1 and L = 10). Either refuses levels
+/// that differ from those of a checkpoint already there (a flag on `--resume` or
+/// `--sample-only`, a new run's settings over an earlier run's checkpoint that it has not yet
+/// replaced), rather than sample a network at levels it was not trained at.
+fn noise_levels(
+    args: &Args,
+    settings: &Settings,
+    checkpoints: &Path,
+) -> AnyResult<GeometricSigmas> {
+    let path = checkpoints.join(NOISE_LEVELS);
+    let fresh = !(args.resume || args.sample_only);
+    let saved = if checkpoints.join("LATEST").exists() || !fresh {
+        Some(match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let corrupt =
+                    || format!("{}: expected `σ₁ L` (e.g. `1 10`), found {text:?}", path.display());
+                match text.split_whitespace().collect::<Vec<_>>()[..] {
+                    [s, l] => (
+                        s.parse::<f64>().map_err(|_| corrupt())?,
+                        l.parse::<usize>().map_err(|_| corrupt())?,
+                    ),
+                    _ => return Err(corrupt().into()),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (1.0, 10),
+            Err(e) => return Err(format!("{}: {e}", path.display()).into()),
+        })
+    } else {
+        None
+    };
+    // (`saved` is always there on --resume and --sample-only.)
+    let wanted = match saved {
+        Some(saved) if !fresh => {
+            (args.sigma_max.unwrap_or(saved.0), args.levels.unwrap_or(saved.1))
+        }
+        _ => (settings.sigma_max, settings.levels),
+    };
+    if let Some((sigma_max, count)) = saved.filter(|&saved| saved != wanted) {
+        let hint = if fresh {
+            "use another --out, or remove that checkpoint"
+        } else {
+            "drop --sigma-max and --levels, or pass those values"
+        };
+        return Err(format!(
+            "the checkpoint in {} was trained at σ₁ = {sigma_max} over L = {count} levels, not \
+             σ₁ = {} over L = {}: {hint}",
+            checkpoints.display(),
+            wanted.0,
+            wanted.1
+        )
+        .into());
+    }
+    let levels = GeometricSigmas::new(0.01, wanted.0, wanted.1)?;
+    if fresh {
+        std::fs::create_dir_all(checkpoints)?;
+        let record = format!("{} {}\n", wanted.0, wanted.1);
+        scorefield::data::image::write_atomically(&path, record.as_bytes())?;
+    }
+    Ok(levels)
+}
+
 /// The trainer saved in `dir`, its model rebuilt from the saved configuration.
 fn load_trainer(dir: &Path, device: &Device) -> AnyResult<(Trainer<NcsnUnet>, NcsnUnetConfig)> {
     Trainer::resume::<NcsnUnetConfig>(dir, device).map_err(|e| {
@@ -523,15 +615,15 @@ fn load_trainer(dir: &Path, device: &Device) -> AnyResult<(Trainer<NcsnUnet>, Nc
 /// and writes them as a grid to `path`; returns them.
 fn draw(
     model: &NcsnUnet,
+    levels: GeometricSigmas,
     args: &Args,
     settings: &Settings,
     seed: u64,
     path: &Path,
     device: &Device,
 ) -> AnyResult<Tensor<4>> {
-    let sampler =
-        AnnealedLangevin::ncsn(GeometricSigmas::ncsn(), settings.steps_per_level, settings.eps)?
-            .with_final_denoise(!args.no_final_denoise);
+    let sampler = AnnealedLangevin::ncsn(levels, settings.steps_per_level, settings.eps)?
+        .with_final_denoise(!args.no_final_denoise);
     let n = args.samples.max(1);
     // The same starting noise at every interval, so that grids can be compared.
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5a3b_1e5e_ed5a_3b1e);
