@@ -109,6 +109,65 @@ fn classifier_free_guidance_interpolates_exactly() {
     assert!(max_abs_diff(&values(auto.score_given(x, &level, &labels)), &cond) < 1e-10);
 }
 
+/// Autoguidance of two unconditional models is the exact score of the tilted density
+/// `p_w ∝ p^w / p_weak^(w−1)`: for Gaussians of one mean μ, at a level (m, σ), the Gaussian of
+/// precision `w/(m²a² + σ²) − (w − 1)/(m²b² + σ²)` about `m·μ`. At a clean level it is
+/// checked against `Gaussian`'s own score, at mixed noisy levels (with a σ interval, outside
+/// which the score is the model's) against that closed form by hand.
+#[test]
+fn unconditional_autoguidance_is_the_score_of_the_tilted_gaussian() {
+    let mean = [1.0, -0.5];
+    let (a, b) = (0.6, 0.9);
+    let good = Gaussian::isotropic(&mean, a).unwrap();
+    let weak = Gaussian::isotropic(&mean, b).unwrap();
+    let x = x_clean();
+    let clean = NoiseLevel::clean(3, (&flex(), DType::F64));
+    for w in [0.0, 1.0, 2.0, 3.5] {
+        let guided = ClassifierFree::autoguidance(good.clone(), weak.clone(), w).unwrap();
+        let precision = w / (a * a) - (w - 1.0) / (b * b);
+        let tilted = Gaussian::isotropic(&mean, precision.recip().sqrt()).unwrap();
+        let got = values(ScoreModel::score(&guided, x.clone(), &clean));
+        let want = values(tilted.score(x.clone(), &clean));
+        assert!(max_abs_diff(&got, &want) < 1e-12, "w = {w}");
+    }
+
+    let (x, level, _) = batch();
+    let w = 2.5;
+    let guided = ClassifierFree::autoguidance(good.clone(), weak, w)
+        .unwrap()
+        .with_interval(0.5, 2.0)
+        .unwrap();
+    let got = values(ScoreModel::score(&guided, x.clone(), &level));
+    let (rows, sigma, scale) = (values(x), values(level.sigma.clone()), values(level.scale));
+    let mut inside = 0;
+    for i in 0..6 {
+        let (m, s) = (scale[i], sigma[i]);
+        let (va, vb) = (m * m * a * a + s * s, m * m * b * b + s * s);
+        let guiding = (0.5..=2.0).contains(&(s / m));
+        inside += usize::from(guiding);
+        let precision = if guiding { w / va - (w - 1.0) / vb } else { 1.0 / va };
+        for j in 0..2 {
+            let want = -(rows[2 * i + j] - m * mean[j]) * precision;
+            let k = 2 * i + j;
+            assert!((got[k] - want).abs() < 1e-10, "sample {i}: {} vs {want}", got[k]);
+        }
+    }
+    assert!(inside > 0 && inside < 6, "the batch straddles the interval ({inside} inside)");
+
+    // Without a weak model an unconditional model is its own null class: its score.
+    let plain = values(ScoreModel::score(
+        &ClassifierFree::new(good.clone(), 3.0).unwrap(),
+        x_clean(),
+        &clean,
+    ));
+    assert!(max_abs_diff(&plain, &values(good.score(x_clean(), &clean))) < 1e-15);
+}
+
+/// Three 2-D points in f64.
+fn x_clean() -> Tensor<2> {
+    f64_tensor(&[0.3, -0.2, 1.5, 2.0, -1.0, 0.4], [3, 2], &flex())
+}
+
 /// Sampling the mixture given class k with the driver reproduces component k: the energy
 /// test against exact samples of N(μₖ, sₖ² I).
 #[test]

@@ -311,7 +311,9 @@ where
 /// `σ̃ = σ/m` inside `interval` if one is set (Kynkäänniemi et al. 2024), plain `s(x | y)`
 /// elsewhere. `w = 0` is the unconditional model, `w = 1` the conditional one. Autoguidance
 /// (Karras et al. 2024) is [`ClassifierFree::autoguidance`]: the same with a weaker model in
-/// place of the unconditional one.
+/// place of the unconditional one. Autoguidance of two unconditional models is a
+/// [`ScoreModel`] itself, `s_w(x) = s_weak(x) + w·(s(x) − s_weak(x))`, sampled without labels
+/// (an unconditional model is its own null class, so without a weak model it is the model).
 #[derive(Debug, Clone)]
 pub struct ClassifierFree<M, W = M> {
     model: M,
@@ -349,6 +351,66 @@ impl<M, W> ClassifierFree<M, W> {
         }
         Ok(ClassifierFree { interval: Some((lo, hi)), ..self })
     }
+
+    /// `base + w·(guided − base)`, per sample `w` inside the interval and 1 (the plain guided
+    /// model) outside.
+    fn combine<const D: usize>(
+        &self,
+        guided: Tensor<D>,
+        base: Tensor<D>,
+        level: &NoiseLevel,
+    ) -> Tensor<D> {
+        let diff = guided - base.clone();
+        match self.interval {
+            None => base + diff.mul_scalar(self.weight),
+            Some((lo, hi)) => {
+                let sigma = level.sigma.clone().div(level.scale.clone());
+                let inside =
+                    sigma.clone().greater_equal_elem(lo).bool_and(sigma.lower_equal_elem(hi));
+                let w = inside.float().mul_scalar(self.weight - 1.0).add_scalar(1.0);
+                let w = per_sample(&w, &diff);
+                base + diff.mul(w)
+            }
+        }
+    }
+}
+
+/// Autoguidance of an unconditional model by a weaker one (see [`ClassifierFree`]):
+/// `s_weak(x) + w·(s(x) − s_weak(x))`; without a weak model, the model's own score.
+impl<M, W, const D: usize> ScoreModel<D> for ClassifierFree<M, W>
+where
+    M: ScoreModel<D>,
+    W: ScoreModel<D>,
+{
+    fn score(&self, x: Tensor<D>, level: &NoiseLevel) -> Tensor<D> {
+        match &self.guide {
+            Some(weak) => {
+                let base = weak.score(x.clone(), level);
+                self.combine(self.model.score(x, level), base, level)
+            }
+            None => self.model.score(x, level),
+        }
+    }
+
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        self.model.sample_shape()
+    }
+
+    fn float_dtype(&self) -> Option<DType> {
+        self.model.float_dtype()
+    }
+
+    fn batch_size(&self) -> Option<usize> {
+        self.model.batch_size()
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        match &self.guide {
+            Some(weak) => weak.validate(),
+            None => Ok(()),
+        }
+    }
 }
 
 impl<M, W, const D: usize> ConditionalScoreModel<D, Labels> for ClassifierFree<M, W>
@@ -362,19 +424,7 @@ where
             Some(weak) => weak.score_given(x, level, y),
             None => self.model.score_given(x, level, &y.to_null()),
         };
-        let diff = cond - base.clone();
-        match self.interval {
-            None => base + diff.mul_scalar(self.weight),
-            Some((lo, hi)) => {
-                // Per sample: w inside the interval, 1 (the plain conditional model) outside.
-                let sigma = level.sigma.clone().div(level.scale.clone());
-                let inside =
-                    sigma.clone().greater_equal_elem(lo).bool_and(sigma.lower_equal_elem(hi));
-                let w = inside.float().mul_scalar(self.weight - 1.0).add_scalar(1.0);
-                let w = per_sample(&w, &diff);
-                base + diff.mul(w)
-            }
-        }
+        self.combine(cond, base, level)
     }
 
     fn sample_shape(&self) -> Option<Vec<usize>> {
