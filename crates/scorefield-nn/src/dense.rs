@@ -62,7 +62,7 @@ mod fused {
     use rayon::prelude::*;
 
     use crate::flex::{
-        OptionalTensor, Real, flex_tensor, matmul, matmul_parallel, register_grads, with_float,
+        OptionalTensor, Real, flex_tensor, matmul, matmul_parallel_new, register_grads, with_float,
     };
 
     /// The flex tensor primitive.
@@ -209,8 +209,9 @@ mod fused {
         /// product, the bias and the SiLU.
         const ROWS: usize = 256;
 
-        /// One block of rows: `y = x·W + b` (b first, the product accumulated onto it), the
-        /// copy `z` if asked, then the SiLU in place if asked.
+        /// One block of rows: `y = x·W + b` (b first, the product accumulated onto it), then
+        /// the SiLU in place if asked. With `z` (kept for the SiLU's backward), the product goes
+        /// into `z` and the SiLU reads it there: `y = silu(z)`, one pass, no copy.
         #[inline(always)]
         #[allow(clippy::too_many_arguments)]
         fn forward_block<E: Real>(
@@ -224,13 +225,21 @@ mod fused {
             z: Option<&mut [MaybeUninit<E>]>,
         ) {
             let rows = y.len() / n;
-            let y = init_rows(y, b);
-            matmul(rows, n, k, y, true, (x, k, 1), (w, n, 1));
-            if let Some(z) = z {
-                init_rows(z, y);
-            }
-            if silu_after {
-                y.iter_mut().for_each(|v| *v = silu_of(*v));
+            match z {
+                Some(z) => {
+                    let z = init_rows(z, b);
+                    matmul(rows, n, k, z, true, (x, k, 1), (w, n, 1));
+                    for (y, &z) in y.iter_mut().zip(z.iter()) {
+                        y.write(if silu_after { silu_of(z) } else { z });
+                    }
+                }
+                None => {
+                    let y = init_rows(y, b);
+                    matmul(rows, n, k, y, true, (x, k, 1), (w, n, 1));
+                    if silu_after {
+                        y.iter_mut().for_each(|v| *v = silu_of(*v));
+                    }
+                }
             }
         }
 
@@ -296,14 +305,9 @@ mod fused {
             let silu_dz = z.map(|z| silu_map(z, Some(dy)));
             let dz = silu_dz.as_deref().unwrap_or(dy);
             // ∂ℓ/∂W = xᵀ·dz  (xᵀ: row stride 1, column stride k)
-            let mut dw = vec![E::default(); k * n];
-            matmul_parallel(k, n, m, &mut dw, false, (x, 1, k), (dz, n, 1));
+            let dw = matmul_parallel_new(k, n, m, (x, 1, k), (dz, n, 1));
             // ∂ℓ/∂x = dz·Wᵀ  (Wᵀ: row stride 1, column stride n)
-            let dx = want_dx.then(|| {
-                let mut dx = vec![E::default(); m * k];
-                matmul_parallel(m, k, n, &mut dx, false, (dz, n, 1), (w, 1, n));
-                dx
-            });
+            let dx = want_dx.then(|| matmul_parallel_new(m, k, n, (dz, n, 1), (w, 1, n)));
             let per = m.div_ceil(16).max(1);
             let partial: Vec<Vec<f64>> = dz
                 .par_chunks(per * n)

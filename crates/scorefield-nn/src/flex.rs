@@ -310,20 +310,22 @@ pub(crate) fn matmul<E: Real>(
     lhs: Mat<E>,
     rhs: Mat<E>,
 ) {
-    matmul_with(m, n, k, dst, add, lhs, rhs, gemm::Parallelism::None)
+    assert!(dst.len() >= m * n, "matmul: destination out of bounds");
+    // SAFETY: `dst` holds at least m·n initialised values, borrowed mutably.
+    unsafe { matmul_with(m, n, k, dst.as_mut_ptr(), add, lhs, rhs, gemm::Parallelism::None) }
 }
 
-/// [`matmul`] on every thread of the current rayon pool: the `gemm` crate splits the
-/// destination, never the sum over `k`, so the result does not depend on the thread count.
-pub(crate) fn matmul_parallel<E: Real>(
+/// `lhs (m×k) · rhs (k×n)` into a new m×n row-major vector, on every thread of the current
+/// rayon pool. The output is allocated without zeroing (the `gemm` crate writes every element
+/// without reading it), and the crate splits the destination, never the sum over `k`, so the
+/// result does not depend on the thread count.
+pub(crate) fn matmul_parallel_new<E: Real>(
     m: usize,
     n: usize,
     k: usize,
-    dst: &mut [E],
-    add: bool,
     lhs: Mat<E>,
     rhs: Mat<E>,
-) {
+) -> Vec<E> {
     // Below burn-flex's threshold (192³ multiply-adds) or on one thread, the split costs more
     // than it gains.
     let small = m.saturating_mul(n).saturating_mul(k) < 192 * 192 * 192;
@@ -332,15 +334,26 @@ pub(crate) fn matmul_parallel<E: Real>(
     } else {
         gemm::Parallelism::Rayon(0)
     };
-    matmul_with(m, n, k, dst, add, lhs, rhs, parallelism)
+    let mut dst = uninit::<E>(m * n);
+    // SAFETY: `dst` has room for m·n values; with `add` false every one of them is written
+    // and none is read, so all are initialised after the call.
+    unsafe {
+        matmul_with(m, n, k, dst.as_mut_ptr().cast::<E>(), false, lhs, rhs, parallelism);
+        assume_init(dst)
+    }
 }
 
+/// `dst ← [dst +] lhs · rhs` (see [`matmul`]).
+///
+/// # Safety
+/// `dst` must be valid for writes of m·n values (row-major, row stride n), initialised if
+/// `add`, and alias neither operand.
 #[allow(clippy::too_many_arguments)]
-fn matmul_with<E: Real>(
+unsafe fn matmul_with<E: Real>(
     m: usize,
     n: usize,
     k: usize,
-    dst: &mut [E],
+    dst: *mut E,
     add: bool,
     lhs: Mat<E>,
     rhs: Mat<E>,
@@ -352,7 +365,6 @@ fn matmul_with<E: Real>(
             "matmul: operand out of bounds"
         );
     };
-    assert!(dst.len() >= m * n, "matmul: destination out of bounds");
     last(lhs, m, k);
     last(rhs, k, n);
     if m == 0 || n == 0 {
@@ -360,18 +372,20 @@ fn matmul_with<E: Real>(
     }
     if k == 0 {
         if !add {
-            dst[..m * n].fill(E::default());
+            // SAFETY: `dst` is valid for m·n writes (the caller's contract).
+            (0..m * n).for_each(|i| unsafe { dst.add(i).write(E::default()) });
         }
         return;
     }
-    // SAFETY: every element the product reads or writes is in bounds (checked above),
-    // `dst` is borrowed mutably and does not alias the shared operands.
+    // SAFETY: every element the product reads is in bounds (checked above); `dst` is valid
+    // for the m·n writes, read only if `add` (then initialised), and does not alias the
+    // operands (the caller's contract).
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
             add,

@@ -43,6 +43,7 @@ mod fused {
     use burn::backend::{Autodiff, Backend, Flex, backend_extension};
     use burn::tensor::DType;
     use rayon::prelude::*;
+    use std::mem::MaybeUninit;
 
     use crate::flex::{Real, flex_tensor};
 
@@ -117,38 +118,41 @@ mod fused {
         x / (E::ONE + (-x).exp())
     }
 
-    /// `out = x·σ(x)`, or `out = g·σ(x)·(1 + x·(1 − σ(x)))` with a gradient, on one block.
+    /// `out = x·σ(x)`, or `out = g·σ(x)·(1 + x·(1 − σ(x)))` with a gradient, on one block
+    /// (every element of `out` written).
     #[inline(always)]
-    fn block<E: Real>(x: &[E], g: Option<&[E]>, out: &mut [E]) {
+    fn block<E: Real>(x: &[E], g: Option<&[E]>, out: &mut [MaybeUninit<E>]) {
         match g {
             None => {
                 for (o, &x) in out.iter_mut().zip(x) {
-                    *o = silu_of(x);
+                    o.write(silu_of(x));
                 }
             }
             Some(g) => {
                 for ((o, &x), &g) in out.iter_mut().zip(x).zip(g) {
                     let s = E::ONE / (E::ONE + (-x).exp());
-                    *o = g * s * (E::ONE + x * (E::ONE - s));
+                    o.write(g * s * (E::ONE + x * (E::ONE - s)));
                 }
             }
         }
     }
 
-    crate::flex::avx2_twin!(block, block_avx2, block_dispatch, (x: &[E], g: Option<&[E]>, out: &mut [E]));
+    crate::flex::avx2_twin!(block, block_avx2, block_dispatch,
+        (x: &[E], g: Option<&[E]>, out: &mut [MaybeUninit<E>]));
 
     /// Elements per parallel task.
     const BLOCK: usize = 1 << 15;
 
     /// `x·σ(x)`, or with `g` the gradient `g·σ(x)·(1 + x·(1 − σ(x)))`, elementwise in parallel
-    /// blocks.
+    /// blocks, into an output allocated without zeroing (each block writes all of its own).
     pub(crate) fn map<E: Real>(x: &[E], g: Option<&[E]>) -> Vec<E> {
-        let mut out = vec![E::default(); x.len()];
+        let mut out = crate::flex::uninit(x.len());
         out.par_chunks_mut(BLOCK).enumerate().for_each(|(i, out)| {
             let x = &x[i * BLOCK..][..out.len()];
             block_dispatch(x, g.map(|g| &g[i * BLOCK..][..out.len()]), out);
         });
-        out
+        // SAFETY: the blocks cover `out` and each wrote every element of its own.
+        unsafe { crate::flex::assume_init(out) }
     }
 }
 
