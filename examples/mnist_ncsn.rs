@@ -119,8 +119,8 @@ struct Args {
     /// The U-Net's base width (32 is the reference configuration; must be a multiple of 8).
     #[arg(long)]
     width: Option<usize>,
-    /// The largest noise level σ₁ of the geometric schedule (the smallest is 0.01); training
-    /// and sampling (pass it again with --sample-only and --resume).
+    /// The largest noise level σ₁ of the geometric schedule (the smallest is 0.01) of a new
+    /// run; --resume and --sample-only take the checkpoint's (and refuse another).
     #[arg(long)]
     sigma_max: Option<f64>,
     /// The number of noise levels L of the geometric schedule (as --sigma-max).
@@ -553,24 +553,10 @@ fn noise_levels(
 ) -> AnyResult<GeometricSigmas> {
     let path = checkpoints.join(NOISE_LEVELS);
     let fresh = !(args.resume || args.sample_only);
-    let saved = if checkpoints.join("LATEST").exists() || !fresh {
-        Some(match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let corrupt =
-                    || format!("{}: expected `σ₁ L` (e.g. `1 10`), found {text:?}", path.display());
-                match text.split_whitespace().collect::<Vec<_>>()[..] {
-                    [s, l] => (
-                        s.parse::<f64>().map_err(|_| corrupt())?,
-                        l.parse::<usize>().map_err(|_| corrupt())?,
-                    ),
-                    _ => return Err(corrupt().into()),
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (1.0, 10),
-            Err(e) => return Err(format!("{}: {e}", path.display()).into()),
-        })
-    } else {
+    let saved = if fresh && !checkpoints.join("LATEST").exists() {
         None
+    } else {
+        Some(read_noise_levels(&path)?)
     };
     // (`saved` is always there on --resume and --sample-only.)
     let wanted = match saved {
@@ -601,6 +587,21 @@ fn noise_levels(
         scorefield::data::image::write_atomically(&path, record.as_bytes())?;
     }
     Ok(levels)
+}
+
+/// The `(σ₁, L)` recorded in `path`; NCSN's `(1, 10)` where there is no record (checkpoints
+/// from before the record).
+fn read_noise_levels(path: &Path) -> AnyResult<(f64, usize)> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((1.0, 10)),
+        Err(e) => return Err(format!("{}: {e}", path.display()).into()),
+    };
+    let corrupt = || format!("{}: expected `σ₁ L` (e.g. `1 10`), found {text:?}", path.display());
+    match text.split_whitespace().collect::<Vec<_>>()[..] {
+        [s, l] => Ok((s.parse().map_err(|_| corrupt())?, l.parse().map_err(|_| corrupt())?)),
+        _ => Err(corrupt().into()),
+    }
 }
 
 /// The trainer saved in `dir`, its model rebuilt from the saved configuration.
